@@ -1,0 +1,5 @@
+import sys
+
+from linkdns.cli import main
+
+sys.exit(main())

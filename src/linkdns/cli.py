@@ -1,0 +1,148 @@
+"""Command line: CoreDNS-compatible flags, logging, event loop, signals."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from linkdns import __version__
+from linkdns.errors import ConfigError
+
+log = logging.getLogger("linkdns")
+
+
+class CoreDNSFormatter(logging.Formatter):
+    """``[INFO] plugin/NAME: message`` like CoreDNS's clog; the log plugin's lines bare."""
+
+    LEVELS = {"WARNING": "WARNING", "CRITICAL": "FATAL"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        level = self.LEVELS.get(record.levelname, record.levelname)
+        msg = record.getMessage()
+        name = record.name
+        if name.startswith("linkdns.plugin.") and name != "linkdns.plugin.log":
+            msg = f"plugin/{name.removeprefix('linkdns.plugin.')}: {msg}"
+        if record.exc_info:
+            msg += "\n" + self.formatException(record.exc_info)
+        return f"[{level}] {msg}"
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    h = logging.StreamHandler(sys.stdout)
+    h.setFormatter(CoreDNSFormatter())
+    root = logging.getLogger("linkdns")
+    root.handlers[:] = [h]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="linkdns", description="Node-local caching DNS forwarder (CoreDNS Corefile).")
+    p.add_argument("-conf", default="Corefile", help="Corefile to load (default ./Corefile)")
+    p.add_argument("-dns.port", dest="dns_port", type=int, default=53,
+                   help="port for server keys without one (default 53)")
+    p.add_argument("-pidfile", default="", help="write the process ID here")
+    p.add_argument("-version", action="store_true", help="print the version and exit")
+    p.add_argument("-validate", action="store_true",
+                   help="parse the Corefile and set up every plugin, report errors, exit")
+    p.add_argument("-quiet", action="store_true", help="log only errors")
+    p.add_argument("-workers", type=int, default=1,
+                   help="worker processes sharing the ports with SO_REUSEPORT (default 1)")
+    p.add_argument("-drain", type=float, default=5.0,
+                   help="seconds in-flight queries may take to finish at shutdown")
+    return p
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop when importable, asyncio otherwise."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
+
+
+def validate(path: str, dns_port: int) -> int:
+    from linkdns.corefile import load_corefile
+    from linkdns.server.core import Server
+
+    try:
+        blocks = load_corefile(path)
+        Server.from_blocks(blocks, dns_port)
+    except ConfigError as e:
+        for one in e.all:
+            print(str(one), file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"{path}: {e.strerror}", file=sys.stderr)
+        return 1
+    print(f"{path}: OK")
+    return 0
+
+
+async def serve(path: str, dns_port: int, drain: float, reuse_port: bool = False) -> int:
+    from linkdns.corefile import load_corefile
+    from linkdns.server.core import Server
+
+    try:
+        blocks = load_corefile(path)
+        server = Server.from_blocks(blocks, dns_port, reuse_port=reuse_port, drain_timeout=drain)
+    except ConfigError as e:
+        for one in e.all:
+            log.fatal("%s", one)
+        return 1
+    except OSError as e:
+        log.fatal("%s: %s", path, e.strerror)
+        return 1
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await server.start()
+    except OSError as e:
+        log.fatal("listen: %s", e)
+        await server.stop()
+        return 1
+    log.info("linkdns-%s", __version__)
+    await stop.wait()
+    log.info("shutting down")
+    await server.stop()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    if args.version:
+        print(f"linkdns-{__version__}")
+        print(f"python/{sys.version.split()[0]}")
+        return 0
+    setup_logging(logging.ERROR if args.quiet else logging.INFO)
+    if args.validate:
+        return validate(args.conf, args.dns_port)
+    if args.pidfile:
+        with open(args.pidfile, "w") as f:
+            f.write(f"{os.getpid()}\n")
+    loop = new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        return loop.run_until_complete(
+            serve(args.conf, args.dns_port, args.drain, reuse_port=args.workers > 1))
+    finally:
+        loop.close()
+        if args.pidfile:
+            try:
+                os.unlink(args.pidfile)
+            except OSError:
+                pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""The only module that imports dnslib: full parse/pack on the slow path.
+
+The hot path never comes here; replies are parsed at most once, when a plugin really needs
+the records (repacking with compression before truncation, classification fallbacks).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dnslib
+
+from linkdns import wire
+from linkdns.errors import WireError
+
+
+def parse(buf: bytes) -> Any:
+    """A dnslib.DNSRecord, or WireError if dnslib can't read it."""
+    try:
+        return dnslib.DNSRecord.parse(buf)
+    except Exception as e:  # dnslib raises many types (DNSError, struct.error, IndexError...)
+        raise WireError(f"unparseable message: {e}") from None
+
+
+def compress(buf: bytes) -> bytes:
+    """The same message packed with name compression (the smaller of the two is returned)."""
+    try:
+        packed = bytes(parse(buf).pack())
+    except Exception:
+        return buf
+    return packed if len(packed) < len(buf) else buf
+
+
+def truncate(buf: bytes, size: int) -> bytes:
+    """Fit a reply into ``size`` bytes: compress first, then drop records from the end (TC=1)."""
+    if len(buf) <= size:
+        return buf
+    smaller = compress(buf)
+    if len(smaller) <= size:
+        return smaller
+    try:
+        return wire.truncate_wire(smaller, size)
+    except WireError:
+        # Can't walk it: answer with the header and question only, TC set.
+        q_end = wire.HEADER_LEN
+        try:
+            q_end, _ = wire.walk(smaller)
+        except WireError:
+            pass
+        head = bytearray(smaller[:q_end])
+        head[2] |= 0x02
+        head[6:12] = b"\x00" * 6
+        return bytes(head)

@@ -1,0 +1,1 @@
+"""Bundled plugins; each module registers a PluginSpec on import."""

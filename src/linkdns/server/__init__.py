@@ -1,0 +1,1 @@
+"""Listeners, zone routing, sites (server blocks) and the server lifecycle."""

@@ -1,0 +1,144 @@
+"""Server: builds sites from the Corefile, owns listeners and tasks, starts and drains them.
+
+Lifecycle (uvicorn's order): start plugins -> bind listeners -> serve -> on stop: stop
+accepting, drain in-flight queries with a deadline, cancel the rest, close, stop plugins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Coroutine
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from linkdns import plugin, wire
+from linkdns.clock import Clock
+from linkdns.config import SiteConfig, build_sites
+from linkdns.corefile import ServerBlock
+from linkdns.request import Request
+from linkdns.server.listen import Listener, Route
+from linkdns.server.site import Site
+from linkdns.server.stats import ServerStats
+from linkdns.writer import Writer
+
+log = logging.getLogger("linkdns.server")
+
+
+class Server:
+    """Everything one linkdns process (or worker) serves."""
+
+    def __init__(
+        self,
+        sites: list[SiteConfig],
+        registry: CollectorRegistry | None = None,
+        reuse_port: bool = False,
+        drain_timeout: float = 5.0,
+    ) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.shared: dict[str, Any] = {}
+        #: the clock plugins age entries by; tests advance it
+        self.clock = Clock()
+        self.stats = ServerStats()
+        self.reuse_port = reuse_port
+        self.drain_timeout = drain_timeout
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.listeners: dict[tuple[str, int], Listener] = {}
+        self.started = asyncio.Event()
+        self.stopping = False
+        self.start_time = time.time()
+        self.sites = [Site(c, self) for c in sites]
+
+    @classmethod
+    def from_blocks(cls, blocks: list[ServerBlock], dns_port: int = 53, **kw: Any) -> Server:
+        return cls(build_sites(blocks, dns_port), **kw)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        for site in self.sites:
+            await site.start()
+        by_addr: dict[tuple[str, int], list[Site]] = {}
+        for site in self.sites:
+            for addr in site.addrs or [""]:
+                by_addr.setdefault((addr, site.port), []).append(site)
+        for (host, port), sites in by_addr.items():
+            ln = Listener(self, host, port)
+            await ln.start(self.reuse_port)
+            ln.set_sites(sites)
+            self.listeners[(host, port)] = ln
+            for z in sorted({z for s in sites for z in s.zones}):
+                log.info("%s", f"{z}:{ln.port} on {host or '*'}")
+        self.started.set()
+
+    async def stop(self) -> None:
+        """Graceful stop: no new queries, in-flight ones finish (bounded), then close."""
+        if self.stopping:
+            return
+        self.stopping = True
+        for ln in self.listeners.values():
+            ln.stop_accepting()
+        if self.tasks:
+            _, pending = await asyncio.wait(set(self.tasks), timeout=self.drain_timeout)
+            for t in pending:
+                t.cancel()
+            if pending:
+                log.warning("cancelled %d queries still in flight after %.1fs",
+                            len(pending), self.drain_timeout)
+                await asyncio.gather(*pending, return_exceptions=True)
+        for ln in self.listeners.values():
+            ln.close()
+        for site in self.sites:
+            await site.stop()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run a coroutine owned by the server (tracked, cancelled at stop)."""
+        t = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(t)
+        t.add_done_callback(self.tasks.discard)
+        return t
+
+    def ready(self) -> list[str]:
+        """Names of plugins not ready yet (empty = ready)."""
+        if not self.started.is_set():
+            return ["server"]
+        out: list[str] = []
+        for s in self.sites:
+            out.extend(n for n in s.not_ready() if n not in out)
+        return out
+
+    def port(self, host: str = "") -> int:
+        """The bound port of the first listener (tests use it with port 0 in the Corefile)."""
+        for (h, _), ln in self.listeners.items():
+            if not host or h == host:
+                return ln.port
+        raise KeyError(host)
+
+    # -- the slow path ----------------------------------------------------------------------
+
+    async def handle(self, r: Route, req: Request, w: Writer) -> None:
+        """Run the site's chain for one query; always answer or count it."""
+        rc = wire.SERVFAIL
+        try:
+            chain = r.site.chain
+            if chain is not None:
+                rc = await chain.serve(req, w)
+            if not w.written:
+                if plugin.client_wrote(rc):
+                    rc = wire.SERVFAIL  # a plugin claimed it wrote but did not
+                w.send(wire.error_reply(req.q, req.data, rc))
+        except asyncio.CancelledError:
+            if not w.written:
+                w.send(wire.error_reply(req.q, req.data, wire.SERVFAIL))
+                r.stats.count_response(wire.SERVFAIL, "", req.proto == "tcp", w.size,
+                                       time.perf_counter() - req.start)
+            raise
+        except Exception:
+            self.stats.panics += 1
+            log.exception("panic while serving %r", req)
+            if not w.written:
+                w.send(wire.error_reply(req.q, req.data, wire.SERVFAIL))
+        r.stats.count_response(w.rcode if w.rcode >= 0 else rc, w.plugin,
+                               req.proto == "tcp", w.size, time.perf_counter() - req.start)

@@ -1,0 +1,309 @@
+"""Listeners: one UDP socket and one TCP server per (address, port), routing to sites by zone.
+
+The UDP ``datagram_received`` holds the hit path: header and question scan (wire.scan_query),
+longest-suffix zone routing on the lowercased wire name, the cache's synchronous ``hit`` and
+one ``sendto``; no task, no dnslib. Everything else becomes one task running the site's chain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from typing import TYPE_CHECKING, Any
+
+from linkdns import wire
+from linkdns.request import Request
+from linkdns.server.stats import ZoneStats
+from linkdns.writer import TCPWriter, UDPWriter, Writer
+
+if TYPE_CHECKING:
+    from linkdns.server.core import Server
+    from linkdns.server.site import Site
+
+log = logging.getLogger("linkdns.server")
+
+_perf = time.perf_counter
+
+TCP_IDLE_TIMEOUT = 10.0  # seconds a TCP connection may sit idle (CoreDNS: 10s read timeout)
+TCP_MAX_CONNECTIONS = 1000
+TCP_MAX_PENDING = 100  # pipelined queries in flight per connection
+
+
+class Route:
+    """A zone of a site, as the router sees it."""
+
+    __slots__ = ("site", "stats", "zone")
+
+    def __init__(self, site: Site, zone: str, stats: ZoneStats) -> None:
+        self.site = site
+        self.zone = zone
+        self.stats = stats
+
+
+class Listener:
+    """UDP + TCP on one (address, port), shared by every site bound there."""
+
+    def __init__(self, server: Server, host: str, port: int) -> None:
+        self.server = server
+        self.host = host
+        self.port = port
+        self.routes: dict[bytes, Route] = {}
+        self.root: Route | None = None
+        self.udp: asyncio.DatagramTransport | None = None
+        self.tcp: asyncio.Server | None = None
+        self.tcp_conns: set[TCPProtocol] = set()
+        self.accepting = True
+
+    @property
+    def name(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"dns://{host}:{self.port}"
+
+    def set_sites(self, sites: list[Site]) -> None:
+        """(Re)build the zone map. Called at start and by reload (an atomic swap)."""
+        routes: dict[bytes, Route] = {}
+        for site in sites:
+            for zone in site.zones:
+                zs = self.server.stats.zone(self.name, zone)
+                routes[wire.text_to_name(zone)] = Route(site, zone, zs)
+        self.routes = routes
+        self.root = routes.get(b"\x00")
+
+    def route(self, q: wire.Query) -> Route | None:
+        """Longest matching zone for the query's name."""
+        routes = self.routes
+        if len(routes) == 1 and self.root is not None:
+            return self.root
+        name = q.key[: q.qname_end - wire.HEADER_LEN]
+        for off in q.labels:
+            r = routes.get(name[off:])
+            if r is not None:
+                return r
+        return self.root
+
+    async def start(self, reuse_port: bool) -> None:
+        loop = asyncio.get_running_loop()
+        fam = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        host = self.host or ("::" if fam == socket.AF_INET6 else "0.0.0.0")
+        for attempt in range(20):
+            usock = socket.socket(fam, socket.SOCK_DGRAM)
+            tsock = socket.socket(fam, socket.SOCK_STREAM)
+            try:
+                for s in (usock, tsock):
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    if reuse_port:
+                        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                    if fam == socket.AF_INET6:
+                        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                usock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+                usock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+                usock.bind((host, self.port))
+                port = usock.getsockname()[1]
+                tsock.bind((host, port))
+            except OSError:
+                usock.close()
+                tsock.close()
+                if self.port == 0 and attempt < 19:
+                    continue  # ephemeral UDP port taken for TCP: pick another
+                raise
+            self.port = port
+            break
+        tsock.listen(1024)
+        usock.setblocking(False)
+        tsock.setblocking(False)
+        self.udp, _ = await loop.create_datagram_endpoint(
+            lambda: UDPProtocol(self), sock=usock)
+        self.tcp = await loop.create_server(lambda: TCPProtocol(self), sock=tsock)
+
+    def stop_accepting(self) -> None:
+        """Stop taking new queries: close the TCP listening socket, stop reading UDP."""
+        self.accepting = False
+        if self.tcp is not None:
+            self.tcp.close()
+        if self.udp is not None:
+            try:
+                self.udp.pause_reading()  # type: ignore[attr-defined]
+            except (AttributeError, NotImplementedError, RuntimeError):
+                pass
+
+    def close(self) -> None:
+        if self.udp is not None:
+            self.udp.close()
+        for c in list(self.tcp_conns):
+            c.close()
+
+    # -- the query path ---------------------------------------------------------------------
+
+    def dropped(self) -> None:
+        zs = self.server.stats.zone(self.name, "dropped")
+        zs.requests[0] = zs.requests.get(0, 0) + 1
+
+    def preflight(
+        self, data: bytes, peer: Any, tcp: bool
+    ) -> tuple[wire.Query | None, Route | None, bytes | None]:
+        """Checks before the chain: (query, route, error reply). Error reply None + query None
+        means drop silently."""
+        st, q = wire.scan_query(data)
+        if st:
+            if st < 0:
+                self.dropped()
+                return None, None, None
+            zs = self.server.stats.zone(self.name, "dropped")
+            zs.requests[0] = zs.requests.get(0, 0) + 1
+            zs.responses[(st & 0xF, "")] = zs.responses.get((st & 0xF, ""), 0) + 1
+            return None, None, wire.error_reply(q, data, st)
+        assert q is not None
+        r = self.route(q)
+        if r is None:
+            zs = self.server.stats.zone(self.name, "dropped")
+            zs.requests[0] = zs.requests.get(0, 0) + 1
+            zs.responses[(wire.REFUSED, "")] = zs.responses.get((wire.REFUSED, ""), 0) + 1
+            return None, None, wire.error_reply(q, data, wire.REFUSED)
+        return q, r, None
+
+    def hit(self, q: wire.Query, r: Route, size: int, tcp: bool, v6: bool,
+            t0: float) -> bytearray | None:
+        """The synchronous cache-hit path: a reply ready to send, or None."""
+        site = r.site
+        if not site.fast:
+            return None
+        for h in site.pre_hit:
+            size = h.hit_size(size)
+        reply = site.cache.hit(q, size)  # type: ignore[union-attr]
+        if reply is None:
+            return None
+        for h in site.pre_hit:
+            h.hit_rewrite(reply)
+        zs = r.stats
+        zs.count_request(q.qtype, tcp, v6, q.do, len(q.data))
+        zs.count_response(reply[3] & 0xF, "cache", tcp, len(reply), _perf() - t0)
+        return reply
+
+    def slow(self, q: wire.Query, r: Route, peer: Any, w_factory: Any, tcp: bool) -> None:
+        req = Request(q, peer, "tcp" if tcp else "udp", self.name, r.zone)
+        w: Writer = w_factory(req)
+        r.stats.count_request(q.qtype, tcp, req.family == 2, q.do, len(q.data))
+        self.server.spawn(self.server.handle(r, req, w))
+
+
+class UDPProtocol(asyncio.DatagramProtocol):
+    def __init__(self, listener: Listener) -> None:
+        self.listener = listener
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        t0 = _perf()
+        ln = self.listener
+        if not ln.accepting:
+            ln.dropped()
+            return
+        q, r, err = ln.preflight(data, addr, False)
+        if q is None:
+            if err is not None:
+                self.transport.sendto(err, addr)  # type: ignore[union-attr]
+            return
+        assert r is not None
+        reply = ln.hit(q, r, q.udp_size, False, len(addr) > 2, t0)
+        if reply is not None:
+            self.transport.sendto(reply, addr)  # type: ignore[union-attr]
+            return
+        transport = self.transport
+        ln.slow(q, r, addr, lambda req: UDPWriter(req, transport), False)  # type: ignore[arg-type]
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("udp error: %s", exc)
+
+
+class TCPProtocol(asyncio.Protocol):
+    """RFC 7766: 2-byte length framing, pipelined queries answered as they complete."""
+
+    def __init__(self, listener: Listener) -> None:
+        self.listener = listener
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.peer: Any = None
+        self.idle: asyncio.TimerHandle | None = None
+        self.pending = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        ln = self.listener
+        if len(ln.tcp_conns) >= TCP_MAX_CONNECTIONS or not ln.accepting:
+            transport.close()
+            return
+        ln.tcp_conns.add(self)
+        self.peer = transport.get_extra_info("peername")
+        self._arm()
+
+    def _arm(self) -> None:
+        if self.idle is not None:
+            self.idle.cancel()
+        self.idle = asyncio.get_running_loop().call_later(TCP_IDLE_TIMEOUT, self._idle)
+
+    def _idle(self) -> None:
+        if self.pending == 0:
+            self.close()
+        else:
+            self._arm()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.listener.tcp_conns.discard(self)
+        if self.idle is not None:
+            self.idle.cancel()
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        self._arm()
+        buf = self.buf
+        while len(buf) >= 2:
+            n = (buf[0] << 8) | buf[1]
+            if len(buf) < 2 + n:
+                break
+            frame = bytes(buf[2 : 2 + n])
+            del buf[: 2 + n]
+            self.query(frame)
+
+    def query(self, data: bytes) -> None:
+        t0 = _perf()
+        ln = self.listener
+        tr = self.transport
+        assert tr is not None
+        q, r, err = ln.preflight(data, self.peer, True)
+        if q is None:
+            if err is not None:
+                tr.write(len(err).to_bytes(2, "big") + err)
+            return
+        assert r is not None
+        reply = ln.hit(q, r, 65535, True, len(self.peer) > 2, t0)
+        if reply is not None:
+            tr.write(len(reply).to_bytes(2, "big") + reply)
+            return
+        if self.pending >= TCP_MAX_PENDING:
+            tr.write_eof() if tr.can_write_eof() else None
+            ln.dropped()
+            return
+        self.pending += 1
+        ln.slow(q, r, self.peer, lambda req: _TCPDone(req, tr, self), True)
+
+
+class _TCPDone(TCPWriter):
+    """A TCP writer that tells its connection when the reply went out."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, req: Request, transport: asyncio.Transport, conn: TCPProtocol) -> None:
+        super().__init__(req, transport)
+        self.conn = conn
+
+    def _emit(self, out: bytes) -> None:
+        super()._emit(out)
+        self.conn.pending -= 1

@@ -1,0 +1,114 @@
+"""Per-zone request counters in plain integers, read by a Prometheus collector at scrape time.
+
+The hit path increments list slots and dict entries here; no prometheus-client call is made
+per query. Bucket bounds are CoreDNS's so dashboards keep working.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+
+# plugin.TimeBuckets in CoreDNS: prometheus.ExponentialBuckets(0.00025, 2, 16)
+TIME_BUCKETS: tuple[float, ...] = tuple(0.00025 * 2**i for i in range(16))
+# CoreDNS plugin/metrics/vars: request/response size buckets
+SIZE_BUCKETS: tuple[float, ...] = (
+    0, 100, 200, 300, 400, 511, 1023, 2047, 4095, 8291, 16e3, 32e3, 48e3, 64e3,
+)
+
+PROTOS = ("udp", "tcp")
+
+# Types CoreDNS labels by name (plugin/pkg/dnstest? no: plugin/metrics/vars monitorType).
+MONITORED_TYPES: dict[int, str] = {
+    1: "A", 28: "AAAA", 5: "CNAME", 6: "SOA", 2: "NS", 12: "PTR", 15: "MX", 16: "TXT",
+    33: "SRV", 43: "DS", 48: "DNSKEY", 46: "RRSIG", 47: "NSEC", 50: "NSEC3", 65: "HTTPS",
+    251: "IXFR", 252: "AXFR", 255: "ANY",
+}
+
+
+def type_label(qtype: int) -> str:
+    return MONITORED_TYPES.get(qtype, "other")
+
+
+class Hist:
+    """Bucket counts (non-cumulative; the last slot is +Inf), sum and count."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, v: float) -> None:
+        self.counts[bisect_left(self.bounds, v)] += 1
+        self.sum += v
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def merge(self, other: Hist) -> None:
+        for i, c in enumerate(other.counts):
+            self.counts[i] += c
+        self.sum += other.sum
+
+
+class ZoneStats:
+    """Counters for one (server, zone): what coredns_dns_* metrics report.
+
+    ``requests`` is keyed by ``qtype << 2 | (proto == "tcp") << 1 | (family == 2)`` so the hot
+    path builds no tuple; ``responses`` by ``(rcode, plugin)``.
+    """
+
+    __slots__ = ("do_requests", "duration", "req_size", "requests", "resp_size", "responses",
+                 "server", "zone")
+
+    def __init__(self, server: str, zone: str) -> None:
+        self.server = server
+        self.zone = zone
+        self.requests: dict[int, int] = {}
+        self.do_requests = 0
+        self.responses: dict[tuple[int, str], int] = {}
+        self.duration = Hist(TIME_BUCKETS)
+        self.req_size = (Hist(SIZE_BUCKETS), Hist(SIZE_BUCKETS))  # udp, tcp
+        self.resp_size = (Hist(SIZE_BUCKETS), Hist(SIZE_BUCKETS))
+
+    def count_request(self, qtype: int, tcp: bool, v6: bool, do: bool, size: int) -> None:
+        k = qtype << 2 | tcp << 1 | v6
+        r = self.requests
+        r[k] = r.get(k, 0) + 1
+        if do:
+            self.do_requests += 1
+        self.req_size[tcp].observe(size)
+
+    def count_response(self, rcode: int, plugin: str, tcp: bool, size: int, secs: float) -> None:
+        k = (rcode, plugin)
+        r = self.responses
+        r[k] = r.get(k, 0) + 1
+        self.resp_size[tcp].observe(size)
+        self.duration.observe(secs)
+
+    def request_rows(self) -> list[tuple[str, str, str, int]]:
+        """(proto, family, type, count) rows with CoreDNS label values, merged by type label."""
+        rows: dict[tuple[str, str, str], int] = {}
+        for k, n in self.requests.items():
+            key = ("tcp" if k & 2 else "udp", "2" if k & 1 else "1", type_label(k >> 2))
+            rows[key] = rows.get(key, 0) + n
+        return [(*k, n) for k, n in rows.items()]
+
+
+class ServerStats:
+    """Everything the server counts outside any zone."""
+
+    __slots__ = ("dropped", "panics", "zones")
+
+    def __init__(self) -> None:
+        self.zones: dict[tuple[str, str], ZoneStats] = {}
+        self.dropped: ZoneStats | None = None
+        self.panics = 0
+
+    def zone(self, server: str, zone: str) -> ZoneStats:
+        zs = self.zones.get((server, zone))
+        if zs is None:
+            zs = self.zones[(server, zone)] = ZoneStats(server, zone)
+        return zs

@@ -1,0 +1,477 @@
+"""Sans-IO DNS wire helpers: header checks, question and OPT scan, RR walking, patching.
+
+Nothing here imports dnslib: these functions run on the hot path (cache hits) and must stay
+cheap. Offsets are byte offsets into the message; names are in wire form (length-prefixed
+labels). See RFC 1035 §4.1 and RFC 6891 §6.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final
+
+from linkdns.errors import WireError
+
+HEADER_LEN: Final = 12
+
+# Header flag bits (second 16-bit word).
+QR: Final = 0x8000
+OPCODE_MASK: Final = 0x7800
+AA: Final = 0x0400
+TC: Final = 0x0200
+RD: Final = 0x0100
+RA: Final = 0x0080
+AD: Final = 0x0020
+CD: Final = 0x0010
+RCODE_MASK: Final = 0x000F
+
+# Rcodes.
+NOERROR: Final = 0
+FORMERR: Final = 1
+SERVFAIL: Final = 2
+NXDOMAIN: Final = 3
+NOTIMP: Final = 4
+REFUSED: Final = 5
+BADVERS: Final = 16
+
+RCODE_NAMES: Final = {
+    0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED",
+    6: "YXDOMAIN", 7: "YXRRSET", 8: "NXRRSET", 9: "NOTAUTH", 10: "NOTZONE", 16: "BADVERS",
+    23: "BADCOOKIE",
+}
+
+# Types and classes we care about.
+T_A: Final = 1
+T_NS: Final = 2
+T_CNAME: Final = 5
+T_SOA: Final = 6
+T_PTR: Final = 12
+T_MX: Final = 15
+T_TXT: Final = 16
+T_AAAA: Final = 28
+T_SRV: Final = 33
+T_OPT: Final = 41
+T_IXFR: Final = 251
+T_AXFR: Final = 252
+T_ANY: Final = 255
+C_IN: Final = 1
+
+OPT_COOKIE: Final = 10
+
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+_RR_FIXED = struct.Struct(">HHIH")  # type, class, ttl, rdlength
+_HEADER = struct.Struct(">HHHHHH")
+
+MIN_UDP: Final = 512
+
+
+class Query:
+    """What the server needs to know about a query, scanned from its bytes without dnslib.
+
+    ``qname_end`` is the offset just past the name; ``q_end`` just past qtype/qclass.
+    ``key`` is the cache key: lowercased name wire + qtype/qclass + one byte for DO/CD.
+    """
+
+    __slots__ = (
+        "cd", "cookie", "data", "do", "edns_version", "flags", "has_opt", "key", "labels",
+        "q_end", "qclass", "qname_end", "qtype", "udp_size",
+    )
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.flags = 0
+        self.qname_end = 0
+        self.q_end = 0
+        self.qtype = 0
+        self.qclass = 0
+        self.labels: list[int] = []
+        self.key = b""
+        self.has_opt = False
+        self.udp_size = MIN_UDP
+        self.do = False
+        self.cd = False
+        self.edns_version = 0
+        self.cookie = b""
+
+    @property
+    def id(self) -> int:
+        return (self.data[0] << 8) | self.data[1]
+
+    @property
+    def qname_wire(self) -> bytes:
+        """The name as the client wrote it (letter case kept)."""
+        return self.data[HEADER_LEN : self.qname_end]
+
+    @property
+    def qname_lower(self) -> bytes:
+        return self.key[: self.qname_end - HEADER_LEN]
+
+    @property
+    def question(self) -> bytes:
+        return self.data[HEADER_LEN : self.q_end]
+
+    @property
+    def name(self) -> str:
+        """Lowercase dotted FQDN (``example.org.``, ``.`` for the root)."""
+        return name_to_text(self.qname_lower)
+
+    @property
+    def client_size(self) -> int:
+        """Largest UDP reply the client takes: 512 without EDNS, else its size (>= 512)."""
+        return self.udp_size
+
+
+def scan_query(data: bytes) -> tuple[int, Query | None]:
+    """Check a query's header, question and OPT.
+
+    Returns ``(status, query)``: status -1 means "drop silently" (unreadable or a response),
+    0 means OK, otherwise the rcode to answer with (NOTIMP, FORMERR, REFUSED, BADVERS). The
+    query is returned whenever enough was read to build an error reply with a question.
+    """
+    n = len(data)
+    if n < HEADER_LEN:
+        return -1, None
+    flags = (data[2] << 8) | data[3]
+    if flags & QR:
+        return -1, None
+    q = Query(data)
+    q.flags = flags
+    if flags & OPCODE_MASK:
+        return NOTIMP, None
+    qd, an, ns, ar = (data[4] << 8) | data[5], data[6:8], data[8:10], (data[10] << 8) | data[11]
+    if qd != 1 or an != b"\x00\x00" or ns != b"\x00\x00" or ar > 1:
+        return FORMERR, None
+    # Question name: plain labels only (no compression pointer in a query's only name).
+    off = HEADER_LEN
+    labels = q.labels
+    while True:
+        if off >= n:
+            return FORMERR, None
+        ln = data[off]
+        if ln == 0:
+            off += 1
+            break
+        if ln > 63:
+            return FORMERR, None
+        labels.append(off - HEADER_LEN)
+        off += ln + 1
+    if off - HEADER_LEN > 255 or off + 4 > n:
+        return FORMERR, None
+    q.qname_end = off
+    q.qtype = (data[off] << 8) | data[off + 1]
+    q.qclass = (data[off + 2] << 8) | data[off + 3]
+    off += 4
+    q.q_end = off
+    q.cd = bool(flags & CD)
+    if ar:
+        st = _scan_opt(q, data, off)
+        if st:
+            return st, q
+    elif off != n:
+        return FORMERR, q
+    q.key = data[HEADER_LEN : q.qname_end].lower() + data[q.qname_end : q.q_end] + (
+        b"\x03" if q.do and q.cd else b"\x01" if q.do else b"\x02" if q.cd else b"\x00"
+    )
+    if q.qclass != C_IN:
+        return REFUSED, q
+    return 0, q
+
+
+def _scan_opt(q: Query, data: bytes, off: int) -> int:
+    """Read the single additional record; only an OPT is understood (others are ignored)."""
+    n = len(data)
+    try:
+        end_name = skip_name(data, off)
+    except WireError:
+        return FORMERR
+    if end_name + 10 > n:
+        return FORMERR
+    rtype, rclass, ttl, rdlen = _RR_FIXED.unpack_from(data, end_name)
+    rd = end_name + 10
+    if rd + rdlen != n:
+        return FORMERR
+    if rtype != T_OPT:
+        return 0
+    if end_name != off + 1:  # OPT owner must be the root
+        return FORMERR
+    q.has_opt = True
+    q.udp_size = rclass if rclass > MIN_UDP else MIN_UDP
+    q.edns_version = (ttl >> 16) & 0xFF
+    q.do = bool(ttl & 0x8000)
+    # Options: keep a COOKIE to echo.
+    p = rd
+    while p + 4 <= rd + rdlen:
+        code, olen = _U16.unpack_from(data, p)[0], _U16.unpack_from(data, p + 2)[0]
+        if p + 4 + olen > rd + rdlen:
+            return FORMERR
+        if code == OPT_COOKIE:
+            q.cookie = data[p : p + 4 + olen]
+        p += 4 + olen
+    if q.edns_version != 0:
+        return BADVERS
+    return 0
+
+
+def skip_name(buf: bytes | bytearray, off: int) -> int:
+    """Offset just past a (possibly compressed) name starting at ``off``."""
+    n = len(buf)
+    while True:
+        if off >= n:
+            raise WireError("name runs past the end of the message")
+        ln = buf[off]
+        if ln == 0:
+            return off + 1
+        if ln & 0xC0 == 0xC0:
+            if off + 2 > n:
+                raise WireError("truncated compression pointer")
+            return off + 2
+        if ln & 0xC0:
+            raise WireError("bad label type")
+        off += ln + 1
+
+
+def read_name(buf: bytes | bytearray, off: int) -> bytes:
+    """The uncompressed wire form of the name at ``off`` (follows pointers, bounded)."""
+    out = bytearray()
+    hops = 0
+    n = len(buf)
+    while True:
+        if off >= n:
+            raise WireError("name runs past the end of the message")
+        ln = buf[off]
+        if ln == 0:
+            out.append(0)
+            if len(out) > 255:
+                raise WireError("name longer than 255 octets")
+            return bytes(out)
+        if ln & 0xC0 == 0xC0:
+            if off + 2 > n:
+                raise WireError("truncated compression pointer")
+            hops += 1
+            if hops > 64:
+                raise WireError("compression pointer loop")
+            off = ((ln & 0x3F) << 8) | buf[off + 1]
+            continue
+        if ln & 0xC0:
+            raise WireError("bad label type")
+        out += buf[off : off + ln + 1]
+        off += ln + 1
+
+
+class RR:
+    """Where one resource record sits in a message."""
+
+    __slots__ = ("end", "rclass", "rdata", "rdlen", "rtype", "section", "start", "ttl")
+
+    def __init__(
+        self, section: int, start: int, rtype: int, rclass: int, ttl: int, rdata: int, rdlen: int
+    ) -> None:
+        self.section = section  # 0 answer, 1 authority, 2 additional
+        self.start = start
+        self.rtype = rtype
+        self.rclass = rclass
+        self.ttl = ttl
+        self.rdata = rdata
+        self.rdlen = rdlen
+        self.end = rdata + rdlen
+
+    @property
+    def ttl_offset(self) -> int:
+        return self.rdata - 6
+
+
+def header_counts(buf: bytes | bytearray) -> tuple[int, int, int, int]:
+    _, _, qd, an, ns, ar = _HEADER.unpack_from(buf, 0)
+    return qd, an, ns, ar
+
+
+def walk(buf: bytes | bytearray) -> tuple[int, list[RR]]:
+    """Return (end of question section, every RR in order). Raises WireError if malformed."""
+    if len(buf) < HEADER_LEN:
+        raise WireError("message shorter than a header")
+    qd, an, ns, ar = header_counts(buf)
+    off = HEADER_LEN
+    for _ in range(qd):
+        off = skip_name(buf, off) + 4
+    if off > len(buf):
+        raise WireError("question runs past the end")
+    q_end = off
+    rrs: list[RR] = []
+    n = len(buf)
+    for section, count in ((0, an), (1, ns), (2, ar)):
+        for _ in range(count):
+            start = off
+            off = skip_name(buf, off)
+            if off + 10 > n:
+                raise WireError("record header runs past the end")
+            rtype, rclass, ttl, rdlen = _RR_FIXED.unpack_from(buf, off)
+            off += 10
+            if off + rdlen > n:
+                raise WireError("record data runs past the end")
+            rrs.append(RR(section, start, rtype, rclass, ttl, off, rdlen))
+            off += rdlen
+    if off != n:
+        raise WireError("trailing bytes after the last record")
+    return q_end, rrs
+
+
+def rcode(buf: bytes | bytearray) -> int:
+    return buf[3] & 0x0F
+
+
+def set_id(buf: bytes, qid: bytes) -> bytes:
+    return qid + buf[2:]
+
+
+def make_opt(udp_size: int, do: bool, options: bytes = b"", ext_rcode: int = 0) -> bytes:
+    """An OPT pseudo-RR (version 0)."""
+    ttl = (ext_rcode << 24) | (0x8000 if do else 0)
+    return b"\x00" + _RR_FIXED.pack(T_OPT, udp_size, ttl, len(options)) + options
+
+
+_OPT_CACHE: dict[tuple[int, bool], bytes] = {}
+
+
+def reply_opt(q: Query) -> bytes:
+    """The OPT a reply to ``q`` carries: the client's size, its DO bit, its COOKIE echoed."""
+    if q.cookie:
+        return make_opt(q.udp_size, q.do, q.cookie)
+    k = (q.udp_size, q.do)
+    opt = _OPT_CACHE.get(k)
+    if opt is None:
+        opt = make_opt(q.udp_size, q.do)
+        if len(_OPT_CACHE) < 256:
+            _OPT_CACHE[k] = opt
+    return opt
+
+
+def strip_opt(buf: bytes) -> bytes:
+    """The message without its OPT record(s) (other additional records are kept)."""
+    _, _, _, ar = header_counts(buf)
+    if not ar:
+        return buf
+    _, rrs = walk(buf)
+    opts = [r for r in rrs if r.rtype == T_OPT and r.section == 2]
+    if not opts:
+        return buf
+    out = bytearray()
+    prev = 0
+    for r in opts:
+        out += buf[prev : r.start]
+        prev = r.end
+    out += buf[prev:]
+    _U16.pack_into(out, 10, ar - len(opts))
+    return bytes(out)
+
+
+def error_reply(q: Query | None, data: bytes, rc: int, ra: bool = True) -> bytes:
+    """A reply with rcode ``rc`` to the query in ``data``; question and OPT echoed if known."""
+    flags = (data[2] << 8 | data[3]) if len(data) >= 4 else 0
+    out_flags = QR | (flags & (OPCODE_MASK | RD | CD)) | (RA if ra else 0)
+    qid = data[0:2] if len(data) >= 2 else b"\x00\x00"
+    if q is None or q.q_end == 0:
+        return qid + _U16.pack(out_flags | (rc & 0x0F)) + b"\x00" * 8
+    ext = rc >> 4
+    opt = make_opt(q.udp_size, q.do, q.cookie, ext) if q.has_opt else b""
+    head = qid + _HEADER.pack(0, out_flags | (rc & 0x0F), 1, 0, 0, 1 if opt else 0)[2:]
+    return head + data[HEADER_LEN : q.q_end] + opt
+
+
+def finish_reply(q: Query, reply: bytes) -> bytes:
+    """Make an upstream/plugin reply fit this client: its ID, its question bytes, its OPT.
+
+    The reply's own OPT (if any) is removed and, if the client sent one, ours is appended.
+    """
+    try:
+        body = strip_opt(reply)
+    except WireError:
+        body = reply
+    out = q.data[0:2] + body[2:]
+    if body[HEADER_LEN : HEADER_LEN + (q.q_end - HEADER_LEN)].lower() == q.question.lower():
+        out = out[:HEADER_LEN] + q.question + out[q.q_end :]
+    if q.has_opt:
+        ar = (out[10] << 8 | out[11]) + 1
+        out = out[:10] + _U16.pack(ar) + out[12:] + reply_opt(q)
+    return out
+
+
+def truncate_wire(buf: bytes, size: int) -> bytes:
+    """Drop records from the end until the message fits ``size`` bytes; set TC=1.
+
+    The OPT record is kept. Dropping trailing records never breaks compression pointers
+    (they only point backwards). Used on the slow path after the message was compressed.
+    """
+    if len(buf) <= size:
+        return buf
+    q_end, rrs = walk(buf)
+    opt = b""
+    body = [r for r in rrs if not (r.rtype == T_OPT and r.section == 2)]
+    for r in rrs:
+        if r.rtype == T_OPT and r.section == 2:
+            opt = buf[r.start : r.end]
+    budget = size - len(opt)
+    keep = 0
+    length = q_end
+    for r in body:
+        if length + (r.end - r.start) > budget:
+            break
+        length += r.end - r.start
+        keep += 1
+    kept = body[:keep]
+    counts = [0, 0, 0]
+    parts = [buf[:q_end]]
+    for r in kept:
+        counts[r.section] += 1
+        parts.append(buf[r.start : r.end])
+    out = bytearray(b"".join(parts) + opt)
+    flags = (out[2] << 8 | out[3]) | TC
+    _U16.pack_into(out, 2, flags)
+    _U16.pack_into(out, 6, counts[0])
+    _U16.pack_into(out, 8, counts[1])
+    _U16.pack_into(out, 10, counts[2] + (1 if opt else 0))
+    return bytes(out)
+
+
+def name_to_text(wire: bytes) -> str:
+    """Dotted lowercase-as-given text of an uncompressed wire name (``.`` for root)."""
+    parts: list[str] = []
+    off = 0
+    while off < len(wire):
+        ln = wire[off]
+        if ln == 0:
+            break
+        parts.append(wire[off + 1 : off + 1 + ln].decode("ascii", "backslashreplace"))
+        off += ln + 1
+    return ".".join(parts) + "." if parts else "."
+
+
+def text_to_name(text: str) -> bytes:
+    """Wire form of a dotted name (lowercased). Raises WireError for bad labels."""
+    text = text.strip().lower()
+    if text in ("", "."):
+        return b"\x00"
+    out = bytearray()
+    for label in text.rstrip(".").split("."):
+        raw = label.encode("ascii")
+        if not raw or len(raw) > 63:
+            raise WireError(f"bad label in {text!r}")
+        out.append(len(raw))
+        out += raw
+    out.append(0)
+    if len(out) > 255:
+        raise WireError(f"name too long: {text!r}")
+    return bytes(out)
+
+
+def make_query(qname: bytes, qtype: int, qid: int, rd: bool = True, opt: bytes = b"",
+               cd: bool = False) -> bytes:
+    """A query message for a wire-form name."""
+    flags = (RD if rd else 0) | (CD if cd else 0)
+    return (
+        _HEADER.pack(qid, flags, 1, 0, 0, 1 if opt else 0)
+        + qname
+        + _U16.pack(qtype)
+        + _U16.pack(C_IN)
+        + opt
+    )

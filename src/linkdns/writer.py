@@ -1,0 +1,125 @@
+"""Writers: how a reply leaves the server (UDP with truncation to the client's size, TCP framed).
+
+Plugins that need to see the reply (cache stores it, metrics count it) wrap the writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from linkdns import message, wire
+from linkdns.request import Request
+
+
+class Writer:
+    """Base writer. ``write(reply)`` takes a complete reply; the writer fits it to the client."""
+
+    __slots__ = ("flags", "plugin", "rcode", "req", "size", "written")
+
+    def __init__(self, req: Request) -> None:
+        self.req = req
+        self.rcode = -1
+        self.size = 0
+        self.written = False
+        self.plugin = ""  # name of the plugin that wrote (metrics label)
+        self.flags = 0  # header flags of what was sent
+
+    def write(self, reply: bytes, plugin: str = "") -> None:
+        """Send ``reply`` (any ID/OPT: made to fit the client here)."""
+        out = wire.finish_reply(self.req.q, reply)
+        self.send(out, plugin)
+
+    def send(self, out: bytes, plugin: str = "") -> None:
+        """Send bytes that already fit the client (ID, question, OPT), truncating on UDP."""
+        if self.req.proto == "udp" and len(out) > self.req.q.udp_size:
+            out = message.truncate(out, self.req.q.udp_size)
+        self.written = True
+        self.rcode = wire.rcode(out) if len(out) > 3 else -1
+        self.size = len(out)
+        self.flags = (out[2] << 8 | out[3]) if len(out) > 3 else 0
+        self.plugin = plugin
+        self._emit(out)
+
+    def _emit(self, out: bytes) -> None:
+        raise NotImplementedError
+
+
+class UDPWriter(Writer):
+    __slots__ = ("transport",)
+
+    def __init__(self, req: Request, transport: asyncio.DatagramTransport) -> None:
+        super().__init__(req)
+        self.transport = transport
+
+    def _emit(self, out: bytes) -> None:
+        if not self.transport.is_closing():
+            self.transport.sendto(out, self.req.peer)
+
+
+class TCPWriter(Writer):
+    __slots__ = ("transport",)
+
+    def __init__(self, req: Request, transport: asyncio.Transport) -> None:
+        super().__init__(req)
+        self.transport = transport
+
+    def _emit(self, out: bytes) -> None:
+        if not self.transport.is_closing():
+            self.transport.write(len(out).to_bytes(2, "big") + out)
+
+
+class WrapWriter(Writer):
+    """A writer that sees the reply before passing it on (cache, metrics, log)."""
+
+    __slots__ = ("inner", "on_write")
+
+    def __init__(self, inner: Writer, on_write: Callable[[bytes], Any] | None = None) -> None:
+        super().__init__(inner.req)
+        self.inner = inner
+        self.on_write = on_write
+
+    def write(self, reply: bytes, plugin: str = "") -> None:
+        if self.on_write is not None:
+            self.on_write(reply)
+        self.inner.write(reply, plugin)
+        self._copy()
+
+    def send(self, out: bytes, plugin: str = "") -> None:
+        if self.on_write is not None:
+            self.on_write(out)
+        self.inner.send(out, plugin)
+        self._copy()
+
+    def _copy(self) -> None:
+        i = self.inner
+        self.written, self.rcode, self.size, self.plugin, self.flags = (
+            i.written, i.rcode, i.size, i.plugin, i.flags)
+
+
+class Recorder(Writer):
+    """A writer that keeps the reply instead of sending it (prefetch, serve-stale refresh,
+    health probes through the chain). ``reply`` holds what was written, as written."""
+
+    __slots__ = ("reply",)
+
+    def __init__(self, req: Request) -> None:
+        super().__init__(req)
+        self.reply: bytes | None = None
+
+    def write(self, reply: bytes, plugin: str = "") -> None:
+        self.reply = reply
+        self.send(reply, plugin)
+
+    def send(self, out: bytes, plugin: str = "") -> None:
+        if self.reply is None:
+            self.reply = out
+        self.written = True
+        self.rcode = wire.rcode(out) if len(out) > 3 else -1
+        self.size = len(out)
+        self.flags = (out[2] << 8 | out[3]) if len(out) > 3 else 0
+        self.plugin = plugin
+
+    def _emit(self, out: bytes) -> None:
+        return None
