@@ -109,3 +109,23 @@ def raw(port: int, data: bytes, timeout: float = 1.0, host: str = "127.0.0.1") -
         return None
     finally:
         s.close()
+
+
+def http_get(port: int, path: str, *, host: str = "127.0.0.1", method: str = "GET",
+             headers: dict[str, str] | None = None,
+             timeout: float = 3.0) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP request to a linkdns endpoint: (status, lowercased headers, body)."""
+    import http.client
+
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request(method, path, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+def setup_plugin(srv: Running, name: str, site: int = 0) -> Any:
+    """The setup-only plugin object ``name`` of a block (e.g. to read its bound ``port``)."""
+    return next(p for p in srv.server.sites[site].setups if p.name == name)

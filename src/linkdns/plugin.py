@@ -91,6 +91,11 @@ class SetupPlugin:
     def ready(self) -> bool:
         return True
 
+    async def lameduck(self) -> None:
+        """Called first on a graceful stop, while everything still serves (health waits its
+        lame duck duration here); the server stops taking queries when every hook returned."""
+        return None
+
 
 Built = Handler | SetupPlugin | None
 

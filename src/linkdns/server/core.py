@@ -77,7 +77,13 @@ class Server:
         """Graceful stop: no new queries, in-flight ones finish (bounded), then close."""
         if self.stopping:
             return
-        self.stopping = True
+        self.stopping = True  # the ready plugin answers 503 "Shutting down" from here on
+        if self.started.is_set():
+            # Lame duck: setup plugins' pre-stop hooks run while listeners still serve.
+            hooks = [p.lameduck() for s in self.sites for p in s.setups]
+            for e in await asyncio.gather(*hooks, return_exceptions=True):
+                if isinstance(e, Exception):
+                    log.error("lameduck hook failed: %s", e)
         for ln in self.listeners.values():
             ln.stop_accepting()
         if self.tasks:

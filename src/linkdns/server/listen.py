@@ -136,9 +136,15 @@ class Listener:
 
     # -- the query path ---------------------------------------------------------------------
 
-    def dropped(self) -> None:
+    def dropped(self, data: bytes, q: wire.Query | None, tcp: bool, v6: bool,
+                reply: bytes | None = None, rc: int = 0) -> None:
+        """Count a query no chain sees under CoreDNS's ``dropped`` pseudo-zone (type, proto,
+        family, sizes); ``reply`` is the error answer sent with rcode ``rc`` (None: none)."""
         zs = self.server.stats.zone(self.name, "dropped")
-        zs.requests[0] = zs.requests.get(0, 0) + 1
+        qtype = q.qtype if q is not None else 0
+        zs.count_request(qtype, tcp, v6, q is not None and q.do, len(data))
+        if reply is not None:
+            zs.count_response(rc, "", tcp, len(reply), 0.0)
 
     def preflight(
         self, data: bytes, peer: Any, tcp: bool
@@ -148,19 +154,17 @@ class Listener:
         st, q = wire.scan_query(data)
         if st:
             if st < 0:
-                self.dropped()
+                self.dropped(data, None, tcp, len(peer) > 2)
                 return None, None, None
-            zs = self.server.stats.zone(self.name, "dropped")
-            zs.requests[0] = zs.requests.get(0, 0) + 1
-            zs.responses[(st & 0xF, "")] = zs.responses.get((st & 0xF, ""), 0) + 1
-            return None, None, wire.error_reply(q, data, st)
+            err = wire.error_reply(q, data, st)
+            self.dropped(data, q, tcp, len(peer) > 2, err, st)
+            return None, None, err
         assert q is not None
         r = self.route(q)
         if r is None:
-            zs = self.server.stats.zone(self.name, "dropped")
-            zs.requests[0] = zs.requests.get(0, 0) + 1
-            zs.responses[(wire.REFUSED, "")] = zs.responses.get((wire.REFUSED, ""), 0) + 1
-            return None, None, wire.error_reply(q, data, wire.REFUSED)
+            err = wire.error_reply(q, data, wire.REFUSED)
+            self.dropped(data, q, tcp, len(peer) > 2, err, wire.REFUSED)
+            return None, None, err
         return q, r, None
 
     def hit(self, q: wire.Query, r: Route, size: int, tcp: bool, v6: bool,
@@ -200,7 +204,7 @@ class UDPProtocol(asyncio.DatagramProtocol):
         t0 = _perf()
         ln = self.listener
         if not ln.accepting:
-            ln.dropped()
+            ln.dropped(data, None, False, len(addr) > 2)
             return
         q, r, err = ln.preflight(data, addr, False)
         if q is None:
@@ -289,7 +293,7 @@ class TCPProtocol(asyncio.Protocol):
             return
         if self.pending >= TCP_MAX_PENDING:
             tr.write_eof() if tr.can_write_eof() else None
-            ln.dropped()
+            ln.dropped(data, q, True, len(self.peer) > 2)
             return
         self.pending += 1
         ln.slow(q, r, self.peer, lambda req: _TCPDone(req, tr, self), True)

@@ -1,0 +1,91 @@
+"""prometheus: serve /metrics (Prometheus text format) for the server and every plugin.
+
+Setup-only: it starts an HTTP listener and stays out of the query chain. The server counts in
+plain integers whatever the Corefile says; this directive exposes them (see linkdns.metrics)
+together with everything plugins registered in ``site.registry``. Several blocks naming the
+same address share one listener.
+"""
+
+from __future__ import annotations
+
+import gzip
+from dataclasses import dataclass
+
+import prometheus_client
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+
+from linkdns import http, metrics
+from linkdns.corefile import Directive
+from linkdns.plugin import PluginSpec, SetupPlugin, arg_count_error, err, register
+from linkdns.server.site import Site
+
+DEFAULT_ADDR = "localhost:9153"
+PATH = "/metrics"
+
+
+@dataclass(frozen=True)
+class PrometheusConfig:
+    host: str = "localhost"
+    port: int = 9153
+
+
+def parse(d: Directive) -> PrometheusConfig:
+    if len(d.args) > 1:
+        raise arg_count_error(d)
+    for sub in d.block or []:
+        if sub.name == "tls":
+            raise err(d, "the 'tls' option is not supported; terminate TLS in front of linkdns")
+        raise err(d, f"unknown option: {sub.name}")
+    try:
+        host, port = http.split_addr(d.args[0] if d.args else DEFAULT_ADDR)
+    except ValueError as e:
+        raise err(d, str(e)) from None
+    return PrometheusConfig(host, port)
+
+
+def metrics_handler(site: Site) -> http.Handler:
+    registry = site.registry
+
+    def handle(req: http.Request) -> http.Response:
+        body = generate_latest(registry)
+        if "gzip" in req.headers.get("accept-encoding", ""):
+            return http.Response(200, gzip.compress(body, 6), CONTENT_TYPE_PLAIN_0_0_4,
+                                 (("Content-Encoding", "gzip"),))
+        return http.Response(200, body, CONTENT_TYPE_PLAIN_0_0_4)
+
+    return handle
+
+
+class Prometheus(SetupPlugin):
+    name = "prometheus"
+
+    def __init__(self, srv: http.HTTPServer) -> None:
+        self.http = srv
+        self.held = False
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with ``prometheus 127.0.0.1:0``)."""
+        return self.http.port
+
+    async def start(self) -> None:
+        await self.http.acquire()
+        self.held = True
+
+    async def stop(self) -> None:
+        if self.held:
+            self.held = False
+            await self.http.release()
+
+
+def build(cfg: PrometheusConfig, site: Site) -> Prometheus:
+    # CoreDNS's Go client has no *_created series; keep the exposition the same for the
+    # prometheus-client metrics plugins register (a process-wide switch of the library).
+    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+    metrics.register_server(site)
+    srv = http.shared(site, cfg.host, cfg.port)
+    srv.route(PATH, metrics_handler(site))
+    return Prometheus(srv)
+
+
+register(PluginSpec("prometheus", parse, build))
