@@ -10,8 +10,9 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from linkdns import __version__
+from linkdns import __version__, workers
 from linkdns.errors import ConfigError
+from linkdns.workers import Worker
 
 log = logging.getLogger("linkdns")
 
@@ -69,7 +70,7 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
-def validate(path: str, dns_port: int) -> int:
+def validate(path: str, dns_port: int, quiet: bool = False) -> int:
     from linkdns.corefile import load_corefile
     from linkdns.server.core import Server
 
@@ -83,17 +84,20 @@ def validate(path: str, dns_port: int) -> int:
     except OSError as e:
         print(f"{path}: {e.strerror}", file=sys.stderr)
         return 1
-    print(f"{path}: OK")
+    if not quiet:
+        print(f"{path}: OK")
     return 0
 
 
-async def serve(path: str, dns_port: int, drain: float, reuse_port: bool = False) -> int:
+async def serve(path: str, dns_port: int, drain: float, worker: Worker | None = None) -> int:
     from linkdns.corefile import load_corefile
     from linkdns.server.core import Server
 
     try:
         blocks = load_corefile(path)
-        server = Server.from_blocks(blocks, dns_port, reuse_port=reuse_port, drain_timeout=drain)
+        server = Server.from_blocks(blocks, dns_port, reuse_port=worker is not None,
+                                    drain_timeout=drain)
+        server.worker = worker
     except ConfigError as e:
         for one in e.all:
             log.fatal("%s", one)
@@ -130,18 +134,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.pidfile:
         with open(args.pidfile, "w") as f:
             f.write(f"{os.getpid()}\n")
-    loop = new_event_loop()
-    asyncio.set_event_loop(loop)
     try:
-        return loop.run_until_complete(
-            serve(args.conf, args.dns_port, args.drain, reuse_port=args.workers > 1))
+        if args.workers > 1:
+            if validate(args.conf, args.dns_port, quiet=True) != 0:
+                return 1  # report config errors once, not once per worker
+            return workers.run(args.workers, lambda w: run_loop(args, w))
+        return run_loop(args, None)
     finally:
-        loop.close()
         if args.pidfile:
             try:
                 os.unlink(args.pidfile)
             except OSError:
                 pass
+
+
+def run_loop(args: argparse.Namespace, worker: Worker | None) -> int:
+    loop = new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        return loop.run_until_complete(serve(args.conf, args.dns_port, args.drain, worker))
+    finally:
+        loop.close()
 
 
 if __name__ == "__main__":

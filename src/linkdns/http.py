@@ -58,8 +58,10 @@ def text(status: int, body: str) -> Response:
 class HTTPServer:
     """The listener(s) of one configured address and the paths served there."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, reuse_port: bool = False) -> None:
         self.host = host
+        #: SO_REUSEPORT: with ``-workers N`` every worker listens and the kernel picks one
+        self.reuse_port = reuse_port
         #: the configured port; :attr:`port` is the bound one once started (port 0 = ephemeral)
         self.want_port = port
         self.port = port
@@ -118,6 +120,8 @@ class HTTPServer:
                 sock = socket.socket(fam, socket.SOCK_STREAM)
                 try:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    if self.reuse_port:
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                     if fam == socket.AF_INET6:
                         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                     sock.bind((host, port))
@@ -257,5 +261,5 @@ def shared(site: Site, host: str, port: int) -> HTTPServer:
     servers: dict[tuple[str, int], HTTPServer] = site.shared.setdefault("http", {})
     srv = servers.get((host, port))
     if srv is None:
-        srv = servers[(host, port)] = HTTPServer(host, port)
+        srv = servers[(host, port)] = HTTPServer(host, port, site.server.reuse_port)
     return srv

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import prometheus_client
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
-from linkdns import http, metrics
+from linkdns import http, metrics, workers
 from linkdns.corefile import Directive
 from linkdns.plugin import PluginSpec, SetupPlugin, arg_count_error, err, register
 from linkdns.server.site import Site
@@ -45,9 +45,12 @@ def parse(d: Directive) -> PrometheusConfig:
 
 def metrics_handler(site: Site) -> http.Handler:
     registry = site.registry
+    server = site.server
 
-    def handle(req: http.Request) -> http.Response:
+    async def handle(req: http.Request) -> http.Response:
         body = generate_latest(registry)
+        if server.worker is not None:  # -workers N: the sum over every worker
+            body = await workers.gather(server.worker, body)
         if "gzip" in req.headers.get("accept-encoding", ""):
             return http.Response(200, gzip.compress(body, 6), CONTENT_TYPE_PLAIN_0_0_4,
                                  (("Content-Encoding", "gzip"),))

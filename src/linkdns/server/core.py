@@ -12,9 +12,9 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 
-from linkdns import plugin, wire
+from linkdns import plugin, wire, workers
 from linkdns.clock import Clock
 from linkdns.config import SiteConfig, build_sites
 from linkdns.corefile import ServerBlock
@@ -22,6 +22,7 @@ from linkdns.request import Request
 from linkdns.server.listen import Listener, Route
 from linkdns.server.site import Site
 from linkdns.server.stats import ServerStats
+from linkdns.workers import Worker
 from linkdns.writer import Writer
 
 log = logging.getLogger("linkdns.server")
@@ -49,6 +50,9 @@ class Server:
         self.started = asyncio.Event()
         self.stopping = False
         self.start_time = time.time()
+        #: set in ``-workers N`` mode (see workers.py)
+        self.worker: Worker | None = None
+        self._expo: asyncio.AbstractServer | None = None
         self.sites = [Site(c, self) for c in sites]
 
     @classmethod
@@ -71,6 +75,9 @@ class Server:
             self.listeners[(host, port)] = ln
             for z in sorted({z for s in sites for z in s.zones}):
                 log.info("%s", f"{z}:{ln.port} on {host or '*'}")
+        if self.worker is not None:
+            reg = self.registry
+            self._expo = await workers.serve_exposition(self.worker, lambda: generate_latest(reg))
         self.started.set()
 
     async def stop(self) -> None:
@@ -96,6 +103,8 @@ class Server:
                 await asyncio.gather(*pending, return_exceptions=True)
         for ln in self.listeners.values():
             ln.close()
+        if self._expo is not None:
+            self._expo.close()
         for site in self.sites:
             await site.stop()
 
