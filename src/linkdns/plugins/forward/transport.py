@@ -1,0 +1,117 @@
+"""What the UDP and TCP transports share: the expected question, reply validation, timers.
+
+A reply is accepted for an in-flight query only when it comes from the upstream's address
+(connected sockets: the kernel filters), carries the query's random ID, has QR=1, exactly one
+question equal to ours (name compared case-insensitively, type and class exactly) and walks as
+a DNS message. A reply that fails only the last check is "malformed": that upstream failed.
+Anything else is ignored, and the attempt runs into its timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+from typing import Final
+
+from linkdns import wire
+from linkdns.errors import UpstreamError, WireError
+
+_rand = random.SystemRandom()
+
+ACCEPT: Final = 0
+IGNORE: Final = 1
+MALFORMED: Final = 2
+
+
+class Question:
+    """The question a reply must carry: lowercased name wire + qtype/qclass bytes.
+
+    ``any_reply`` (health probes, as CoreDNS's): any response with the right ID will do.
+    """
+
+    __slots__ = ("any_reply", "end", "lname", "tail")
+
+    def __init__(self, lname: bytes, tail: bytes, any_reply: bool = False) -> None:
+        self.lname = lname
+        self.tail = tail
+        self.end = wire.HEADER_LEN + len(lname) + 4
+        self.any_reply = any_reply
+
+    @classmethod
+    def of(cls, q: wire.Query) -> Question:
+        return cls(q.qname_lower, q.data[q.qname_end : q.q_end])
+
+
+class ClosedByPeer(UpstreamError):
+    """The upstream closed the (TCP) connection before answering."""
+
+
+def new_id() -> int:
+    return _rand.getrandbits(16)
+
+
+def classify(data: bytes, q: Question) -> int:
+    """ACCEPT, IGNORE (not an answer to ``q``) or MALFORMED (ours, but unreadable)."""
+    if len(data) < wire.HEADER_LEN:
+        return MALFORMED
+    if q.any_reply:
+        return ACCEPT if data[2] & 0x80 else IGNORE
+    if not data[2] & 0x80 or data[4:6] != b"\x00\x01" or len(data) < q.end:
+        return IGNORE
+    n = q.end - 4
+    if data[wire.HEADER_LEN : n].lower() != q.lname or data[n : q.end] != q.tail:
+        return IGNORE
+    try:
+        wire.walk(data)
+    except WireError:
+        return MALFORMED
+    return ACCEPT
+
+
+def parses(data: bytes) -> bool:
+    """True when ``data`` reads as a DNS message at all."""
+    try:
+        wire.walk(data)
+    except WireError:
+        return False
+    return True
+
+
+class Pending:
+    """One query waiting on a transport: its question and the future its reply resolves."""
+
+    __slots__ = ("fut", "q", "timer")
+
+    def __init__(self, fut: asyncio.Future[bytes], q: Question) -> None:
+        self.fut = fut
+        self.q = q
+        self.timer: asyncio.TimerHandle | None = None
+
+    def resolve(self, data: bytes) -> None:
+        if not self.fut.done():
+            self.fut.set_result(data)
+
+    def fail(self, err: BaseException) -> None:
+        if not self.fut.done():
+            self.fut.set_exception(err)
+
+
+def arm(loop: asyncio.AbstractEventLoop, p: Pending, timeout: float,
+        msg: Callable[[], str]) -> None:
+    """Fail ``p`` with ``msg()`` (an i/o timeout text) after ``timeout`` seconds."""
+    p.timer = loop.call_later(timeout, lambda: p.fail(UpstreamError(msg())))
+
+
+def disarm(p: Pending) -> None:
+    if p.timer is not None:
+        p.timer.cancel()
+        p.timer = None
+
+
+def sockname(transport: asyncio.BaseTransport) -> str:
+    name = transport.get_extra_info("sockname")
+    if not name:
+        return "?"
+    host, port = name[0], name[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
