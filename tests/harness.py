@@ -76,6 +76,8 @@ class Running:
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(5)
+            if not self._thread.is_alive():
+                self.loop.close()
 
     @property
     def port(self) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import socket
 import socketserver
 import ssl
@@ -17,8 +16,6 @@ import dns.rrset
 import pytest
 from harness import Running
 from test_forward import sample
-
-pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
 
 
 class _Handler(socketserver.BaseRequestHandler):
