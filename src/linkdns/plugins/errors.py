@@ -101,13 +101,15 @@ class Errors(Handler):
 
 
 def _fmt(secs: float) -> str:
-    """Go-style duration text (``5m0s``, ``30s``)."""
+    """Go's time.Duration text (``500ms``, ``30s``, ``5m0s``, ``1h0m0s``)."""
+    if secs < 1:
+        return f"{secs * 1000:g}ms"
+    if secs < 60:
+        return f"{secs:g}s"
     s = int(secs)
     if s >= 3600:
         return f"{s // 3600}h{s % 3600 // 60}m{s % 60}s"
-    if s >= 60:
-        return f"{s // 60}m{s % 60}s"
-    return f"{secs:g}s"
+    return f"{s // 60}m{s % 60}s"
 
 
 register(PluginSpec("errors", parse, lambda cfg, site: Errors(cfg)))
