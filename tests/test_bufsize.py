@@ -65,7 +65,6 @@ def test_parse_errors_name_file_and_line(line: str) -> None:
     pytest.param(4096, 1232, id="lowered"),
     pytest.param(1000, 1000, id="smaller-kept"),
     pytest.param(512, 512, id="no-edns"),
-    pytest.param(65535, 65535, id="tcp-untouched"),
 ])
 def test_hit_size(size: int, want: int) -> None:
     h = bufsize.Bufsize(1232)
@@ -127,6 +126,12 @@ def test_cache_hits_honour_the_lowered_size(up: FakeUpstream) -> None:
         second = srv.query("big.test.", use_edns=0, payload=4096)
         small = srv.query("small.test.", use_edns=0, payload=4096)
         small_hit = srv.query("small.test.", use_edns=0, payload=4096)
+        ln = next(iter(srv.server.listeners.values()))
+        zs = srv.server.stats.zone(ln.name, ".")
+        before = zs.responses[(0, "cache")]
+        tcp_hit = srv.query("big.test.", use_edns=0, payload=4096, tcp=True)
+        assert zs.responses[(0, "cache")] == before + 1  # the TCP hit took the hit path
+    assert not tcp_hit.flags & dns.flags.TC and sum(len(x) for x in tcp_hit.answer) == 40
     assert first.flags & dns.flags.TC and second.flags & dns.flags.TC
     assert not small_hit.flags & dns.flags.TC and small_hit.answer == small.answer
     assert [r.qname for r in up.queries] == ["big.test.", "small.test."]

@@ -57,10 +57,7 @@ class Bufsize(Handler):
         self.size = size
 
     def hit_size(self, size: int) -> int:
-        # The listener passes 65535 for TCP, where no size applies; a UDP client's OPT
-        # advertising exactly 65535 is left alone on hits too (the slow path lowers it).
-        if size >= TCP_SIZE:
-            return size
+        # Called for UDP hits only (TCP has no size to lower).
         return size if size < self.size else self.size
 
     async def serve(self, req: Request, w: Writer) -> int:

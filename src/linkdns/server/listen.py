@@ -173,8 +173,9 @@ class Listener:
         site = r.site
         if not site.fast:
             return None
-        for h in site.pre_hit:
-            size = h.hit_size(size)
+        if not tcp:
+            for h in site.pre_hit:
+                size = h.hit_size(size)
         reply = site.cache.hit(q, size)  # type: ignore[union-attr]
         if reply is None:
             return None
