@@ -124,6 +124,8 @@ def install_signal_handlers(max_total_s: float) -> None:
     def on_alarm(_signum: int, _frame: FrameType | None) -> None:
         raise Abort(f"whole-run time limit of {max_total_s:.0f}s reached")
 
+    # Ctrl-C -> KeyboardInterrupt even when started with SIGINT ignored (e.g. `cmd &` in sh)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
     signal.signal(signal.SIGALRM, on_alarm)
@@ -255,6 +257,11 @@ class ProcessRegistry:
                 proc.popen.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 log(f"WARNING: {proc.name} (pid {pgid}) did not die after SIGKILL")
+        # children reparented to init linger as zombies for a moment; wait them out so a
+        # `pgrep` right after the run comes back empty
+        deadline = time.monotonic() + 3.0
+        while group_pids(pgid, zombies=True) and time.monotonic() < deadline:
+            time.sleep(0.05)
         if proc in self.procs:
             self.procs.remove(proc)
 
@@ -317,7 +324,7 @@ def _stat_fields(pid: int) -> list[str] | None:
     return data[data.rfind(")") + 2 :].split()
 
 
-def group_pids(pgid: int) -> list[int]:
+def group_pids(pgid: int, zombies: bool = False) -> list[int]:
     pids: list[int] = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -325,7 +332,7 @@ def group_pids(pgid: int) -> list[int]:
         f = _stat_fields(int(entry))
         if f is None or len(f) < 13:
             continue
-        if int(f[2]) == pgid and f[0] != "Z":
+        if int(f[2]) == pgid and (zombies or f[0] != "Z"):
             pids.append(int(entry))
     return pids
 
@@ -407,6 +414,21 @@ def udp_drop_counters() -> dict[str, int]:
         return {}
     d = dict(zip(lines[0][1:], (int(v) for v in lines[1][1:]), strict=False))
     return {k: d.get(k, 0) for k in ("InErrors", "RcvbufErrors", "SndbufErrors")}
+
+
+def udp_port_drops(ports: Iterable[int]) -> dict[int, int]:
+    """Per-socket `drops` from /proc/net/udp for sockets bound to 127.0.0.1:PORT (listeners)."""
+    want = {f"0100007F:{p:04X}": p for p in ports}
+    out = {p: 0 for p in want.values()}
+    try:
+        lines = Path("/proc/net/udp").read_text().splitlines()[1:]
+    except OSError:
+        return out
+    for line in lines:
+        f = line.split()
+        if len(f) >= 13 and f[1] in want and f[2] == "00000000:0000":
+            out[want[f[1]]] += int(f[-1])
+    return out
 
 
 # --------------------------------------------------------------------------- DNS wire
@@ -790,10 +812,15 @@ def dnsperf_cmd(
     verbose: bool = False,
     edns: bool = False,
     timeout_s: float = 2.0,
+    buffer_kb: int = 4096,
 ) -> list[str]:
     cmd = [*pin_prefix, dnsperf, "-s", LOOPBACK, "-p", str(port), "-d", str(qfile)]
     cmd += ["-l", f"{max(duration_s, 0.5):g}", "-c", str(clients), "-q", str(outstanding)]
     cmd += ["-t", f"{timeout_s:g}"]
+    if buffer_kb:
+        # without this dnsperf's own sockets overflow at high rates (seen with -v) and the
+        # drops show up as server "timeouts"; the kernel caps it at net.core.rmem_max
+        cmd += ["-b", str(buffer_kb)]
     if rate is not None:
         cmd += ["-Q", str(max(1, int(rate)))]
     if once:
