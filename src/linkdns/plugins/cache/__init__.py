@@ -1,0 +1,26 @@
+"""cache: the node-local answer cache (CoreDNS's cache plugin, with a raw-bytes hit path).
+
+See docs/plugins/cache.md. ``setup`` parses the directive, ``store`` holds entries and evicts,
+``policy`` decides what is stored and renders entries on the slow path, ``handler`` serves
+(hit path + slow path + refreshes), ``metrics`` exposes the counters to Prometheus.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from linkdns.plugin import PluginSpec, register
+from linkdns.plugins.cache.handler import Cache
+from linkdns.plugins.cache.setup import CacheConfig, parse
+
+if TYPE_CHECKING:
+    from linkdns.server.site import Site
+
+__all__ = ["Cache", "CacheConfig", "parse"]
+
+
+def build(cfg: CacheConfig, site: Site) -> Cache:
+    return Cache(cfg, site)
+
+
+register(PluginSpec("cache", parse, build))

@@ -1,0 +1,379 @@
+"""The cache handler: the synchronous hit path, the slow path, and background refreshes.
+
+Hit path (``hit``, called by the listener without a task): one dict lookup, one bytearray copy
+of a template whose TTLs are already written, a few byte patches (ID, RD, AD, question case),
+the OPT appended. Counting is plain integers; dnslib and prometheus are never touched.
+
+Slow path (``serve``): zone check, lookup (fresh hit, stale entry, miss). Misses run the rest
+of the chain with a Recorder; identical misses in flight share that one exchange. A stored
+reply is answered from its entry, so the first answer and later hits carry the same TTLs and
+flags; a reply that is not stored passes through with the AA policy and the AD rule applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from linkdns import wire
+from linkdns.clock import Clock
+from linkdns.plugin import Handler
+from linkdns.plugins.cache import policy
+from linkdns.plugins.cache.setup import CacheConfig
+from linkdns.plugins.cache.store import DENIAL, SERVFAIL, SUCCESS, Entry, Store
+from linkdns.request import Request
+from linkdns.wire import Query, reply_opt
+from linkdns.writer import Recorder, Writer
+
+if TYPE_CHECKING:
+    from linkdns.server.site import Site
+
+log = logging.getLogger("linkdns.plugin.cache")
+
+#: serve_stale verify: how long the client waits for the upstream before it gets the stale
+#: answer (RFC 8767 §5 suggests a 1.8 s client response timer). Tests lower it.
+VERIFY_TIMEOUT = 1.8
+#: the peer a refresh that started on the hit path reports (no client address there)
+REFRESH_PEER = ("0.0.0.0", 0)
+
+_monotonic = time.monotonic
+
+
+class Fetched:
+    """What one exchange through the rest of the chain produced (shared by waiters)."""
+
+    __slots__ = ("entry", "error", "plugin", "rc", "reply")
+
+    def __init__(self, rc: int, reply: bytes | None = None, plugin: str = "",
+                 entry: Entry | None = None, error: Any = None) -> None:
+        self.rc = rc
+        self.reply = reply
+        self.plugin = plugin
+        self.entry = entry
+        self.error = error
+
+
+_FAILED = Fetched(wire.SERVFAIL)
+
+
+def _zone_set(zones: list[str]) -> frozenset[bytes]:
+    return frozenset(wire.text_to_name(z) for z in zones)
+
+
+def _within(q: Query, zones: frozenset[bytes]) -> bool:
+    """Is the query name at or below one of ``zones`` (wire names)?"""
+    if b"\x00" in zones:
+        return True
+    name = q.qname_lower
+    return any(name[off:] in zones for off in q.labels)
+
+
+class Cache(Handler):
+    name = "cache"
+
+    def __init__(self, cfg: CacheConfig, site: Site | None = None,
+                 zones: list[str] | None = None, clock: Clock | None = None) -> None:
+        """``zones``/``clock`` default to the site's (unit tests pass them without a site)."""
+        super().__init__()
+        self.cfg = cfg
+        self.site = site
+        self.zones = cfg.zones or zones or (site.zones if site is not None else ["."])
+        self._zone_set = _zone_set(self.zones)
+        site_zones = site.zones if site is not None else self.zones
+        #: True when every name routed to this site is in the cache's zones (no check needed)
+        self._all = all(_within_text(z, self._zone_set) for z in site_zones)
+        self.store = Store(cfg.success.cap, cfg.denial.cap)
+        self._index = self.store.index
+        self._clock = clock or (site.server.clock if site is not None else None)
+        #: the stock Clock is read inline on the hit path (monotonic + offset, no call frame)
+        self._stock_clock = type(self._clock) is Clock
+        self._keepttl = cfg.keepttl
+        self._pf = cfg.prefetch
+        self._pf_window = cfg.prefetch_window
+        self._stale = cfg.stale
+        self._aa = cfg.aa
+        self._off_success = _zone_set(cfg.disable_success) if cfg.disable_success else None
+        self._off_denial = _zone_set(cfg.disable_denial) if cfg.disable_denial else None
+        self._inflight: dict[bytes, asyncio.Future[Fetched]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        # Counters (read by the prometheus collector at scrape time).
+        self.hits = [0, 0]  # success, denial
+        self.misses = 0
+        self.prefetches = 0
+        self.drops = 0
+        self.served_stale = 0
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def now(self) -> float:
+        if self._clock is None:
+            raise RuntimeError("cache has no clock")
+        return self._clock.now()
+
+    @property
+    def requests(self) -> int:
+        return self.hits[0] + self.hits[1] + self.misses
+
+    def ttl_for(self, e: Entry, now: float) -> int:
+        """The TTL an answer from ``e`` carries now (0 once expired: a stale answer)."""
+        if self._keepttl:
+            return e.orig_ttl
+        ttl = e.remaining(now)
+        return ttl if ttl > 0 else 0
+
+    def covers(self, q: Query) -> bool:
+        return self._all or _within(q, self._zone_set)
+
+    # -- the hit path -----------------------------------------------------------------------
+
+    def hit(self, q: Query, size: int) -> bytearray | None:
+        """A complete reply for ``q`` from a fresh entry, or None (miss, expired, too big)."""
+        e = self._index.get(q.key)
+        if e is None:
+            return None
+        clk = self._clock
+        now = _monotonic() + clk.offset if self._stock_clock else clk.now()  # type: ignore[union-attr]
+        ttl = e.orig_ttl - int(now - e.stored)
+        if ttl <= 0:
+            return None
+        rttl = e.orig_ttl if self._keepttl else ttl
+        if rttl != e.tpl_ttl:
+            e.set_ttl(rttl)
+        opt = b""
+        if not q.has_opt:
+            tpl = e.tpl
+        elif q.cookie:  # the OPT echoes a per-client cookie: append it to the plain template
+            opt = reply_opt(q)
+            tpl = e.tpl
+            if len(tpl) + len(opt) > size:
+                return None
+        else:
+            if q.udp_size != e.opt_size:
+                e.set_opt(q.udp_size, reply_opt(q))
+            tpl = e.tpl_opt
+        if len(tpl) > size:
+            return None
+        self.hits[e.cls] += 1
+        e.used = True
+        if self._pf and self._popular(e, now, ttl):
+            self._refresh(e, Request(q.copy(), REFRESH_PEER, "udp", "", self.zones[0]))
+        buf = bytearray(tpl)
+        data = q.data
+        buf[0] = data[0]
+        buf[1] = data[1]
+        if data[2] & 0x01:  # RD
+            buf[2] = e.f_hi | 0x01
+        if data[3] & 0x20:  # the client set AD
+            buf[3] = e.f_lo_ad
+        if not data.startswith(e.question, 12):  # not all lowercase: echo the client's case
+            qe = q.q_end
+            buf[12:qe] = data[12:qe]
+        if opt:
+            buf[10:12] = e.ar1
+            buf += opt
+        return buf
+
+    def _popular(self, e: Entry, now: float, ttl: int) -> bool:
+        """CoreDNS's prefetch rule: AMOUNT hits with no gap of DURATION, TTL under the mark."""
+        if now - e.last > self._pf_window:
+            e.hits = 1
+        else:
+            e.hits += 1
+        e.last = now
+        return e.hits >= self._pf and ttl <= e.threshold and not e.refreshing
+
+    # -- the slow path ----------------------------------------------------------------------
+
+    async def serve(self, req: Request, w: Writer) -> int:
+        q = req.q
+        if not self.covers(q):
+            return await self.next_serve(req, w)
+        if q.qtype in (wire.T_AXFR, wire.T_IXFR):
+            self.misses += 1
+            return await self.next_serve(req, w)
+        now = self.now()
+        e = self._index.get(q.key)
+        if e is not None:
+            ttl = e.remaining(now)
+            if ttl > 0:
+                self.hits[e.cls] += 1
+                e.used = True
+                if self._pf and self._popular(e, now, ttl):
+                    self._refresh(e, _copy(req))
+                w.send(policy.render(e, q, self.ttl_for(e, now)), "cache")
+                return wire.NOERROR
+            if self._stale > 0 and -ttl < self._stale:
+                self.hits[e.cls] += 1
+                return await self._serve_stale(req, w, e)
+            self.store.remove(q.key, e)  # expired for good
+        self.misses += 1
+        return self.answer(req, w, await self.fetch(req, False))
+
+    async def _serve_stale(self, req: Request, w: Writer, e: Entry) -> int:
+        if self.cfg.stale_verify:
+            task = self._spawn(self.fetch(_copy(req), True))
+            done, _ = await asyncio.wait({task}, timeout=VERIFY_TIMEOUT)
+            if task in done and not task.cancelled() and task.exception() is None:
+                res = task.result()
+                if res.reply is not None and wire.rcode(res.reply) in (
+                        wire.NOERROR, wire.NXDOMAIN):
+                    return self.answer(req, w, res)
+        else:
+            self._refresh(e, _copy(req))
+        self.served_stale += 1
+        w.send(policy.render(e, req.q, 0), "cache")
+        return wire.NOERROR
+
+    def answer(self, req: Request, w: Writer, res: Fetched) -> int:
+        """Write what an exchange produced for this client."""
+        if res.error is not None and "error" not in req.meta:
+            req.meta["error"] = res.error
+        if res.entry is not None:
+            w.send(policy.render(res.entry, req.q, self.ttl_for(res.entry, self.now())),
+                   res.plugin)
+        elif res.reply is not None:
+            w.write(policy.passthrough(res.reply, req.q, self._aa), res.plugin)
+        return res.rc
+
+    async def fetch(self, req: Request, refresh: bool) -> Fetched:
+        """Run the rest of the chain once for this key; concurrent callers share the result."""
+        key = req.q.key
+        fut = self._inflight.get(key)
+        if fut is not None:
+            return await asyncio.shield(fut)
+        fut = asyncio.get_running_loop().create_future()
+        self._inflight[key] = fut
+        res = _FAILED
+        try:
+            rec = Recorder(req)
+            rc = await self.next_serve(req, rec)
+            reply = rec.reply if rec.written else None
+            entry = self.absorb(req, reply, refresh) if reply is not None else None
+            res = Fetched(rc, reply, rec.plugin, entry, req.meta.get("error"))
+        finally:
+            if self._inflight.get(key) is fut:
+                del self._inflight[key]
+            fut.set_result(res)
+        return res
+
+    # -- storing ----------------------------------------------------------------------------
+
+    def absorb(self, req: Request, reply: bytes, refresh: bool) -> Entry | None:
+        """Store ``reply`` if it may be cached; the new entry or None.
+
+        A reply that answers (NOERROR, NXDOMAIN) but is not stored still retires the entry it
+        would have replaced: stale data is for when the upstream fails, not for when it says
+        something we may not keep. A failure (SERVFAIL...) leaves the entry alone.
+        """
+        q = req.q
+        if not req.match(reply):
+            self.drops += 1
+            return None
+        e = self._entry_for(q, reply, refresh)
+        if e is not None:
+            self.store.put(q.key, e)
+        elif len(reply) > 3 and not reply[2] & 0x02 and reply[3] & 0x0F in (
+                wire.NOERROR, wire.NXDOMAIN):
+            self.store.remove(q.key)
+        return e
+
+    def _entry_for(self, q: Query, reply: bytes, refresh: bool) -> Entry | None:
+        p = policy.parse_reply(q, reply)
+        if p is None:
+            return None
+        cfg = self.cfg
+        kind = p.kind
+        if kind == SUCCESS:
+            off = self._off_success
+            ttl = _clamp(policy.min_ttl(p.rrs), cfg.success.min_ttl, cfg.success.max_ttl)
+        else:
+            if cfg.no_negcache:
+                return None
+            off = self._off_denial
+            if kind == DENIAL:
+                ttl = _clamp(policy.min_ttl(p.rrs), cfg.denial.min_ttl, cfg.denial.max_ttl)
+            else:
+                ttl = int(cfg.servfail)
+        if ttl <= 0 or not self.store.accepts(SUCCESS if kind == SUCCESS else DENIAL):
+            return None
+        if off is not None and _within(q, off):
+            return None
+        old = self._index.get(q.key)
+        if refresh and kind == SERVFAIL and old is not None:
+            return None  # a failed refresh must not hide the answer we have (stale or not)
+        e = policy.make_entry(q, p, ttl, self.now(), self._aa, cfg.prefetch_percentage)
+        if old is not None and refresh:
+            e.hits, e.last = old.hits, old.last  # keep the popularity across a prefetch
+        return e
+
+    # -- background refreshes ---------------------------------------------------------------
+
+    def _refresh(self, e: Entry, req: Request) -> None:
+        """Refresh ``e`` in the background (at most one refresh per entry at a time)."""
+        if e.refreshing:
+            return
+        e.refreshing = True
+        self.prefetches += 1  # CoreDNS counts stale refreshes as prefetches too
+        self._spawn(self._refresh_run(e, req))
+
+    async def _refresh_run(self, e: Entry, req: Request) -> None:
+        try:
+            await self.fetch(req, True)
+        except Exception:
+            log.exception("cache refresh of %s %s failed", req.name, req.type_name)
+        finally:
+            e.refreshing = False
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        if self.site is not None:
+            t = self.site.server.spawn(coro)
+        else:
+            t = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+        return t
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.site is not None:
+            from linkdns.plugins.cache import metrics
+
+            metrics.attach(self.site, self)
+
+    async def stop(self) -> None:
+        tasks = list(self._tasks)
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if self.site is not None:
+            from linkdns.plugins.cache import metrics
+
+            metrics.detach(self.site, self)
+
+    def __repr__(self) -> str:
+        s, d = self.store.sizes()
+        return f"<Cache zones={self.zones} success={s} denial={d}>"
+
+
+def _clamp(ttl: int, lo: int, hi: int) -> int:
+    return hi if ttl > hi else lo if ttl < lo else ttl
+
+
+def _within_text(zone: str, zones: frozenset[bytes]) -> bool:
+    name = wire.text_to_name(zone)
+    off = 0
+    while True:
+        if name[off:] in zones:
+            return True
+        if name[off] == 0:
+            return False
+        off += name[off] + 1
+
+
+def _copy(req: Request) -> Request:
+    """A request for a background exchange: same query, same client, fresh meta."""
+    return Request(req.q, req.peer, req.proto, req.server, req.zone)

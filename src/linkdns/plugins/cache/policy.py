@@ -1,0 +1,129 @@
+"""What may be stored, for how long, and how a stored entry is rendered on the slow path.
+
+Classification follows CoreDNS's ``response.Typify`` with the stricter RFC 2308 reading the
+issue asks for: NXDOMAIN needs an SOA in authority and no answers. Everything here works on
+wire bytes (``wire.walk``); dnslib is not needed to store a reply.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from linkdns import wire
+from linkdns.errors import WireError
+from linkdns.plugins.cache.store import DENIAL, SERVFAIL, SUCCESS, Entry
+from linkdns.wire import Query
+
+DEFAULT_TTL = 5  # CoreDNS MinimalDefaultTTL: a reply without records
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+
+
+def classify(flags: int, rrs: list[wire.RR]) -> int | None:
+    """SUCCESS, DENIAL, SERVFAIL or None (never cached) for a reply without OPT."""
+    if flags & wire.TC:
+        return None
+    rc = flags & wire.RCODE_MASK
+    answers = False
+    soa = False
+    for r in rrs:
+        if r.section == 0:
+            answers = True
+        elif r.section == 1 and r.rtype == wire.T_SOA:
+            soa = True
+    if rc == wire.NOERROR:
+        if answers:
+            return SUCCESS
+        return DENIAL if soa else SUCCESS  # NODATA; else delegation / empty NOERROR
+    if rc == wire.NXDOMAIN:
+        return DENIAL if soa and not answers else None
+    if rc in (wire.SERVFAIL, wire.NOTIMP):
+        return SERVFAIL
+    return None
+
+
+def min_ttl(rrs: list[wire.RR]) -> int:
+    """The lowest TTL of all records (the OPT was stripped already); 5 s if there are none."""
+    if not rrs:
+        return DEFAULT_TTL
+    return min(r.ttl for r in rrs)
+
+
+class Parsed:
+    """A reply ready to become an entry: body without OPT, its records and its kind."""
+
+    __slots__ = ("body", "kind", "rrs")
+
+    def __init__(self, body: bytes, rrs: list[wire.RR], kind: int) -> None:
+        self.body = body
+        self.rrs = rrs
+        self.kind = kind
+
+
+def parse_reply(q: Query, reply: bytes) -> Parsed | None:
+    """Walk a reply that matches ``q``; None when it is malformed or must not be cached."""
+    if q.qtype in (wire.T_AXFR, wire.T_IXFR):
+        return None
+    try:
+        _, all_rrs = wire.walk(reply)
+    except WireError:
+        return None
+    opts = [r for r in all_rrs if r.rtype == wire.T_OPT and r.section == 2]
+    if any(r.ttl >> 24 for r in opts):
+        return None  # extended rcode (BADVERS, BADCOOKIE...): not a cacheable answer
+    body, rrs = reply, all_rrs
+    if len(opts) == 1 and opts[0] is all_rrs[-1]:  # the usual place: drop the tail
+        ar = ((reply[10] << 8) | reply[11]) - 1
+        body = reply[:10] + _U16.pack(ar) + reply[12 : opts[0].start]
+        rrs = all_rrs[:-1]
+    elif opts:
+        body = wire.strip_opt(reply)
+        _, rrs = wire.walk(body)
+    kind = classify((body[2] << 8) | body[3], rrs)
+    if kind is None:
+        return None
+    return Parsed(body, rrs, kind)
+
+
+def make_entry(q: Query, p: Parsed, ttl: int, now: float, aa_policy: str,
+               percentage: int = 10) -> Entry:
+    """Freeze a parsed reply: ID 0, lowercased question, TTL offsets, flags per policy."""
+    buf = bytearray(p.body)
+    buf[0:2] = b"\x00\x00"
+    buf[wire.HEADER_LEN : q.q_end] = q.key[:-1]  # lowercase name + type + class
+    upstream_aa = bool(p.body[2] & 0x04)
+    aa = upstream_aa if aa_policy == "keep" else aa_policy == "set"
+    ad = bool(p.body[3] & 0x20)
+    return Entry(bytes(buf), tuple(r.ttl_offset for r in p.rrs), now, ttl, p.kind, aa, ad,
+                 q.cd, q.do, percentage)
+
+
+def render(e: Entry, q: Query, ttl: int) -> bytes:
+    """The slow path's rendering of an entry for ``q`` with ``ttl`` on every record.
+
+    Deliberately written apart from the hit path (struct per offset, flags from the query,
+    ``wire.finish_reply`` for ID, question case and OPT) so tests can compare the two.
+    """
+    buf = bytearray(e.data)
+    for off in e.offsets:
+        _U32.pack_into(buf, off, ttl)
+    qf = q.flags
+    flags = wire.QR | wire.RA | (qf & (wire.RD | wire.CD)) | e.rcode
+    if e.aa:
+        flags |= wire.AA
+    if e.ad and (q.do or qf & wire.AD):
+        flags |= wire.AD
+    _U16.pack_into(buf, 2, flags)
+    return wire.finish_reply(q, bytes(buf))
+
+
+def passthrough(reply: bytes, q: Query, aa_policy: str) -> bytes:
+    """A reply that is not stored, with the AA policy and the AD rule applied."""
+    if len(reply) < 4:
+        return reply
+    b2, b3 = reply[2], reply[3]
+    n2 = b2 | 0x04 if aa_policy == "set" else b2 & ~0x04 if aa_policy == "clear" else b2
+    n3 = b3 if (q.do or q.flags & wire.AD) else b3 & ~0x20
+    if n2 == b2 and n3 == b3:
+        return reply
+    return reply[:2] + bytes((n2, n3)) + reply[4:]
