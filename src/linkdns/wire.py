@@ -94,6 +94,16 @@ class Query:
         self.edns_version = 0
         self.cookie = b""
 
+    def copy(self, data: bytes | None = None) -> Query:
+        """A new Query with the same scan results (for ``data``, a query that differs only in
+        its ID). The hit path lends out memoized Query objects; whoever keeps one copies it."""
+        c = Query.__new__(Query)
+        for f in Query.__slots__:
+            setattr(c, f, getattr(self, f))
+        if data is not None:
+            c.data = data
+        return c
+
     @property
     def id(self) -> int:
         return (self.data[0] << 8) | self.data[1]

@@ -29,6 +29,7 @@ _perf = time.perf_counter
 TCP_IDLE_TIMEOUT = 10.0  # seconds a TCP connection may sit idle (CoreDNS: 10s read timeout)
 TCP_MAX_CONNECTIONS = 1000
 TCP_MAX_PENDING = 100  # pipelined queries in flight per connection
+MEMO_MAX = 8192  # scanned queries remembered per listener (cleared when full)
 
 
 class Route:
@@ -50,6 +51,8 @@ class Listener:
         self.host = host
         self.port = port
         self.routes: dict[bytes, Route] = {}
+        #: scan memo: datagram minus ID -> (Query, Route); see scan()
+        self.memo: dict[bytes, tuple[wire.Query, Route]] = {}
         self.root: Route | None = None
         self.udp: asyncio.DatagramTransport | None = None
         self.tcp: asyncio.Server | None = None
@@ -70,6 +73,7 @@ class Listener:
                 routes[wire.text_to_name(zone)] = Route(site, zone, zs)
         self.routes = routes
         self.root = routes.get(b"\x00")
+        self.memo.clear()
 
     def route(self, q: wire.Query) -> Route | None:
         """Longest matching zone for the query's name."""
@@ -169,7 +173,9 @@ class Listener:
 
     def hit(self, q: wire.Query, r: Route, size: int, tcp: bool, v6: bool,
             t0: float) -> bytearray | None:
-        """The synchronous cache-hit path: a reply ready to send, or None."""
+        """The synchronous cache-hit path: a reply ready to send, or None.
+
+        ``q`` may be a memoized Query lent for this call only (see :meth:`scan`)."""
         site = r.site
         if not site.fast:
             return None
@@ -181,12 +187,35 @@ class Listener:
             return None
         for h in site.pre_hit:
             h.hit_rewrite(reply)
-        zs = r.stats
-        zs.count_request(q.qtype, tcp, v6, q.do, len(q.data))
-        zs.count_response(reply[3] & 0xF, "cache", tcp, len(reply), _perf() - t0)
+        r.stats.count_hit(q.qtype, tcp, v6, q.do, len(q.data), len(reply), reply[3] & 0xF,
+                          _perf() - t0)
         return reply
 
-    def slow(self, q: wire.Query, r: Route, peer: Any, w_factory: Any, tcp: bool) -> None:
+    def scan(self, data: bytes, peer: Any, tcp: bool
+             ) -> tuple[wire.Query | None, Route | None, bytes | None, bool]:
+        """:meth:`preflight` through a memo keyed by everything but the ID.
+
+        A client asks the same names with the same flags and OPT again and again, and a scan
+        depends only on those bytes, so the memo answers with the Query scanned the first
+        time, its ``data`` swapped for this datagram. The last item says the Query is
+        borrowed: valid until the caller returns; :meth:`slow` copies it."""
+        tail = data[2:]
+        m = self.memo.get(tail)
+        if m is not None:
+            m[0].data = data
+            return m[0], m[1], None, True
+        q, r, err = self.preflight(data, peer, tcp)
+        if q is not None and r is not None:
+            memo = self.memo
+            if len(memo) >= MEMO_MAX:
+                memo.clear()
+            memo[tail] = (q.copy(), r)
+        return q, r, err, False
+
+    def slow(self, q: wire.Query, r: Route, peer: Any, w_factory: Any, tcp: bool,
+             borrowed: bool = False) -> None:
+        if borrowed:
+            q = q.copy()
         req = Request(q, peer, "tcp" if tcp else "udp", self.name, r.zone)
         w: Writer = w_factory(req)
         r.stats.count_request(q.qtype, tcp, req.family == 2, q.do, len(q.data))
@@ -207,7 +236,7 @@ class UDPProtocol(asyncio.DatagramProtocol):
         if not ln.accepting:
             ln.dropped(data, None, False, len(addr) > 2)
             return
-        q, r, err = ln.preflight(data, addr, False)
+        q, r, err, borrowed = ln.scan(data, addr, False)
         if q is None:
             if err is not None:
                 self.transport.sendto(err, addr)  # type: ignore[union-attr]
@@ -218,7 +247,8 @@ class UDPProtocol(asyncio.DatagramProtocol):
             self.transport.sendto(reply, addr)  # type: ignore[union-attr]
             return
         transport = self.transport
-        ln.slow(q, r, addr, lambda req: UDPWriter(req, transport), False)  # type: ignore[arg-type]
+        ln.slow(q, r, addr, lambda req: UDPWriter(req, transport), False,  # type: ignore[arg-type]
+                borrowed)
 
     def error_received(self, exc: Exception) -> None:
         log.debug("udp error: %s", exc)
@@ -282,7 +312,7 @@ class TCPProtocol(asyncio.Protocol):
         ln = self.listener
         tr = self.transport
         assert tr is not None
-        q, r, err = ln.preflight(data, self.peer, True)
+        q, r, err, borrowed = ln.scan(data, self.peer, True)
         if q is None:
             if err is not None:
                 tr.write(len(err).to_bytes(2, "big") + err)
@@ -297,7 +327,7 @@ class TCPProtocol(asyncio.Protocol):
             ln.dropped(data, q, True, len(self.peer) > 2)
             return
         self.pending += 1
-        ln.slow(q, r, self.peer, lambda req: _TCPDone(req, tr, self), True)
+        ln.slow(q, r, self.peer, lambda req: _TCPDone(req, tr, self), True, borrowed)
 
 
 class _TCPDone(TCPWriter):

@@ -88,6 +88,27 @@ class ZoneStats:
         self.resp_size[tcp].observe(size)
         self.duration.observe(secs)
 
+    def count_hit(self, qtype: int, tcp: bool, v6: bool, do: bool, qsize: int, rsize: int,
+                  rcode: int, secs: float) -> None:
+        """count_request + count_response(plugin="cache") in one call for the hit path."""
+        k = qtype << 2 | tcp << 1 | v6
+        r = self.requests
+        r[k] = r.get(k, 0) + 1
+        if do:
+            self.do_requests += 1
+        h = self.req_size[tcp]
+        h.counts[bisect_left(h.bounds, qsize)] += 1
+        h.sum += qsize
+        rk = (rcode, "cache")
+        resp = self.responses
+        resp[rk] = resp.get(rk, 0) + 1
+        h = self.resp_size[tcp]
+        h.counts[bisect_left(h.bounds, rsize)] += 1
+        h.sum += rsize
+        h = self.duration
+        h.counts[bisect_left(h.bounds, secs)] += 1
+        h.sum += secs
+
     def request_rows(self) -> list[tuple[str, str, str, int]]:
         """(proto, family, type, count) rows with CoreDNS label values, merged by type label."""
         rows: dict[tuple[str, str, str], int] = {}
