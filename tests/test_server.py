@@ -186,3 +186,20 @@ def test_longest_zone_wins_between_blocks() -> None:
         assert counts["a.example.org."] == 1
         assert counts["sub.example.org."] == 2
         assert counts["example.org."] == 1
+
+
+@pytest.mark.parametrize("tcp", [False, True])
+def test_repeated_query_shape_answers_each_id(srv: Running, tcp: bool) -> None:
+    # The listener memoizes a query's scan by its bytes minus the ID: every reply must still
+    # carry its own query's ID (slow path, no cache in this block).
+    base = dns.message.make_query("memo.example.org.", "A")
+    for qid in (0x0101, 0x0202, 0x0303):
+        base.id = qid
+        if tcp:
+            r = dns.query.tcp(base, "127.0.0.1", port=srv.port, timeout=3)
+        else:
+            reply = raw(srv.port, base.to_wire())
+            assert reply is not None
+            r = dns.message.from_wire(reply)
+        assert r.id == qid
+        assert r.rcode() == dns.rcode.SERVFAIL

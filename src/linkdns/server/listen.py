@@ -14,13 +14,14 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from linkdns import wire
+from linkdns.plugin import Handler
 from linkdns.request import Request
 from linkdns.server.stats import ZoneStats
 from linkdns.writer import TCPWriter, UDPWriter, Writer
 
 if TYPE_CHECKING:
     from linkdns.server.core import Server
-    from linkdns.server.site import Site
+    from linkdns.server.site import HitCache, Site
 
 log = logging.getLogger("linkdns.server")
 
@@ -43,6 +44,28 @@ class Route:
         self.stats = stats
 
 
+class Memo:
+    """What the hit path needs about one query shape (the datagram minus its ID)."""
+
+    __slots__ = ("cache", "do", "q", "qsize", "rewrites", "rkey", "route", "stats", "udp_size")
+
+    def __init__(self, q: wire.Query, r: Route) -> None:
+        self.q = q
+        self.route = r
+        self.stats = r.stats
+        site = r.site
+        self.cache: HitCache | None = site.cache if site.fast else None
+        size = q.udp_size
+        for h in site.pre_hit:  # size hooks are pure: apply them once per shape
+            size = h.hit_size(size)
+        self.udp_size = size
+        self.rewrites = tuple(h for h in site.pre_hit
+                              if type(h).hit_rewrite is not Handler.hit_rewrite)
+        self.rkey = q.qtype << 2
+        self.do = q.do
+        self.qsize = len(q.data)
+
+
 class Listener:
     """UDP + TCP on one (address, port), shared by every site bound there."""
 
@@ -52,7 +75,7 @@ class Listener:
         self.port = port
         self.routes: dict[bytes, Route] = {}
         #: scan memo: datagram minus ID -> (Query, Route); see scan()
-        self.memo: dict[bytes, tuple[wire.Query, Route]] = {}
+        self.memo: dict[bytes, Memo] = {}
         self.root: Route | None = None
         self.udp: asyncio.DatagramTransport | None = None
         self.tcp: asyncio.Server | None = None
@@ -171,51 +194,47 @@ class Listener:
             return None, None, err
         return q, r, None
 
-    def hit(self, q: wire.Query, r: Route, size: int, tcp: bool, v6: bool,
-            t0: float) -> bytearray | None:
+    def hit(self, m: Memo, size: int, tcp: bool, v6: bool, t0: float) -> bytearray | None:
         """The synchronous cache-hit path: a reply ready to send, or None.
 
-        ``q`` may be a memoized Query lent for this call only (see :meth:`scan`)."""
-        site = r.site
-        if not site.fast:
+        ``m.q`` is a memoized Query lent for this call only (see :meth:`scan`)."""
+        cache = m.cache
+        if cache is None:
             return None
-        if not tcp:
-            for h in site.pre_hit:
-                size = h.hit_size(size)
-        reply = site.cache.hit(q, size)  # type: ignore[union-attr]
+        reply = cache.hit(m.q, size)
         if reply is None:
             return None
-        for h in site.pre_hit:
+        for h in m.rewrites:
             h.hit_rewrite(reply)
-        r.stats.count_hit(q.qtype, tcp, v6, q.do, len(q.data), len(reply), reply[3] & 0xF,
-                          _perf() - t0)
+        m.stats.count_hit(m.rkey | tcp << 1 | v6, m.do, m.qsize, len(reply), reply[3] & 0xF,
+                          tcp, _perf() - t0)
         return reply
 
-    def scan(self, data: bytes, peer: Any, tcp: bool
-             ) -> tuple[wire.Query | None, Route | None, bytes | None, bool]:
+    def scan(self, data: bytes, peer: Any, tcp: bool) -> tuple[Memo | None, bytes | None]:
         """:meth:`preflight` through a memo keyed by everything but the ID.
 
         A client asks the same names with the same flags and OPT again and again, and a scan
-        depends only on those bytes, so the memo answers with the Query scanned the first
-        time, its ``data`` swapped for this datagram. The last item says the Query is
-        borrowed: valid until the caller returns; :meth:`slow` copies it."""
+        depends only on those bytes, so the memo answers with what was worked out the first
+        time (the Query, its route, the size hooks' result), the Query's ``data`` swapped for
+        this datagram. That Query is borrowed: valid until the caller returns; whoever keeps
+        it (the slow path, a prefetch) copies it."""
         tail = data[2:]
         m = self.memo.get(tail)
         if m is not None:
-            m[0].data = data
-            return m[0], m[1], None, True
+            m.q.data = data
+            return m, None
         q, r, err = self.preflight(data, peer, tcp)
-        if q is not None and r is not None:
-            memo = self.memo
-            if len(memo) >= MEMO_MAX:
-                memo.clear()
-            memo[tail] = (q.copy(), r)
-        return q, r, err, False
+        if q is None or r is None:
+            return None, err
+        memo = self.memo
+        if len(memo) >= MEMO_MAX:
+            memo.clear()
+        m = memo[tail] = Memo(q.copy(), r)
+        return m, None
 
-    def slow(self, q: wire.Query, r: Route, peer: Any, w_factory: Any, tcp: bool,
-             borrowed: bool = False) -> None:
-        if borrowed:
-            q = q.copy()
+    def slow(self, m: Memo, data: bytes, peer: Any, w_factory: Any, tcp: bool) -> None:
+        q = m.q.copy(data)
+        r = m.route
         req = Request(q, peer, "tcp" if tcp else "udp", self.name, r.zone)
         w: Writer = w_factory(req)
         r.stats.count_request(q.qtype, tcp, req.family == 2, q.do, len(q.data))
@@ -233,22 +252,34 @@ class UDPProtocol(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: Any) -> None:
         t0 = _perf()
         ln = self.listener
+        # The hit path, inlined: memo lookup, cache hit, sendto, count. Nothing else.
+        m = ln.memo.get(data[2:])
+        if m is not None and m.cache is not None and ln.accepting:
+            q = m.q
+            q.data = data
+            reply = m.cache.hit(q, m.udp_size)
+            if reply is not None:
+                for h in m.rewrites:
+                    h.hit_rewrite(reply)
+                self.transport.sendto(reply, addr)  # type: ignore[union-attr]
+                m.stats.count_hit(m.rkey | (len(addr) > 2), m.do, m.qsize, len(reply),
+                                  reply[3] & 0xF, False, _perf() - t0)
+                return
         if not ln.accepting:
             ln.dropped(data, None, False, len(addr) > 2)
             return
-        q, r, err, borrowed = ln.scan(data, addr, False)
-        if q is None:
-            if err is not None:
-                self.transport.sendto(err, addr)  # type: ignore[union-attr]
-            return
-        assert r is not None
-        reply = ln.hit(q, r, q.udp_size, False, len(addr) > 2, t0)
-        if reply is not None:
-            self.transport.sendto(reply, addr)  # type: ignore[union-attr]
-            return
+        if m is None:
+            m, err = ln.scan(data, addr, False)
+            if m is None:
+                if err is not None:
+                    self.transport.sendto(err, addr)  # type: ignore[union-attr]
+                return
+            reply = ln.hit(m, m.udp_size, False, len(addr) > 2, t0)
+            if reply is not None:
+                self.transport.sendto(reply, addr)  # type: ignore[union-attr]
+                return
         transport = self.transport
-        ln.slow(q, r, addr, lambda req: UDPWriter(req, transport), False,  # type: ignore[arg-type]
-                borrowed)
+        ln.slow(m, data, addr, lambda req: UDPWriter(req, transport), False)  # type: ignore[arg-type]
 
     def error_received(self, exc: Exception) -> None:
         log.debug("udp error: %s", exc)
@@ -312,22 +343,21 @@ class TCPProtocol(asyncio.Protocol):
         ln = self.listener
         tr = self.transport
         assert tr is not None
-        q, r, err, borrowed = ln.scan(data, self.peer, True)
-        if q is None:
+        m, err = ln.scan(data, self.peer, True)
+        if m is None:
             if err is not None:
                 tr.write(len(err).to_bytes(2, "big") + err)
             return
-        assert r is not None
-        reply = ln.hit(q, r, 65535, True, len(self.peer) > 2, t0)
+        reply = ln.hit(m, 65535, True, len(self.peer) > 2, t0)
         if reply is not None:
             tr.write(len(reply).to_bytes(2, "big") + reply)
             return
         if self.pending >= TCP_MAX_PENDING:
             tr.write_eof() if tr.can_write_eof() else None
-            ln.dropped(data, q, True, len(self.peer) > 2)
+            ln.dropped(data, m.q, True, len(self.peer) > 2)
             return
         self.pending += 1
-        ln.slow(q, r, self.peer, lambda req: _TCPDone(req, tr, self), True, borrowed)
+        ln.slow(m, data, self.peer, lambda req: _TCPDone(req, tr, self), True)
 
 
 class _TCPDone(TCPWriter):

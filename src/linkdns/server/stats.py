@@ -88,12 +88,12 @@ class ZoneStats:
         self.resp_size[tcp].observe(size)
         self.duration.observe(secs)
 
-    def count_hit(self, qtype: int, tcp: bool, v6: bool, do: bool, qsize: int, rsize: int,
-                  rcode: int, secs: float) -> None:
-        """count_request + count_response(plugin="cache") in one call for the hit path."""
-        k = qtype << 2 | tcp << 1 | v6
+    def count_hit(self, rkey: int, do: bool, qsize: int, rsize: int, rcode: int, tcp: bool,
+                  secs: float) -> None:
+        """count_request + count_response(plugin="cache") in one call for the hit path;
+        ``rkey`` is the ``requests`` key already built (qtype << 2 | tcp << 1 | v6)."""
         r = self.requests
-        r[k] = r.get(k, 0) + 1
+        r[rkey] = r.get(rkey, 0) + 1
         if do:
             self.do_requests += 1
         h = self.req_size[tcp]
