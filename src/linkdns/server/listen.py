@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from linkdns import wire
 from linkdns.plugin import Handler
 from linkdns.request import Request
-from linkdns.server.stats import ZoneStats
+from linkdns.server.stats import ZoneStats, size_bucket
 from linkdns.writer import TCPWriter, UDPWriter, Writer
 
 if TYPE_CHECKING:
@@ -47,7 +47,8 @@ class Route:
 class Memo:
     """What the hit path needs about one query shape (the datagram minus its ID)."""
 
-    __slots__ = ("cache", "do", "q", "qsize", "rewrites", "rkey", "route", "stats", "udp_size")
+    __slots__ = ("cache", "do", "q", "qbucket", "qsize", "rewrites", "rkey", "route", "stats",
+                 "udp_size")
 
     def __init__(self, q: wire.Query, r: Route) -> None:
         self.q = q
@@ -64,6 +65,7 @@ class Memo:
         self.rkey = q.qtype << 2
         self.do = q.do
         self.qsize = len(q.data)
+        self.qbucket = size_bucket(self.qsize)
 
 
 class Listener:
@@ -206,8 +208,8 @@ class Listener:
             return None
         for h in m.rewrites:
             h.hit_rewrite(reply)
-        m.stats.count_hit(m.rkey | tcp << 1 | v6, m.do, m.qsize, len(reply), reply[3] & 0xF,
-                          tcp, _perf() - t0)
+        m.stats.count_hit(m.rkey | tcp << 1 | v6, m.do, m.qbucket, m.qsize, len(reply),
+                          reply[3] & 0xF, tcp, _perf() - t0)
         return reply
 
     def scan(self, data: bytes, peer: Any, tcp: bool) -> tuple[Memo | None, bytes | None]:
@@ -262,8 +264,8 @@ class UDPProtocol(asyncio.DatagramProtocol):
                 for h in m.rewrites:
                     h.hit_rewrite(reply)
                 self.transport.sendto(reply, addr)  # type: ignore[union-attr]
-                m.stats.count_hit(m.rkey | (len(addr) > 2), m.do, m.qsize, len(reply),
-                                  reply[3] & 0xF, False, _perf() - t0)
+                m.stats.count_hit(m.rkey | (len(addr) > 2), m.do, m.qbucket, m.qsize,
+                                  len(reply), reply[3] & 0xF, False, _perf() - t0)
                 return
         if not ln.accepting:
             ln.dropped(data, None, False, len(addr) > 2)

@@ -17,6 +17,10 @@ SIZE_BUCKETS: tuple[float, ...] = (
 
 PROTOS = ("udp", "tcp")
 
+# Hit-path constants: the responses key of each rcode for plugin "cache"; the first bucket.
+_CACHE_KEYS: tuple[tuple[int, str], ...] = tuple((rc, "cache") for rc in range(16))
+_FIRST_TIME = TIME_BUCKETS[0]
+
 # Types CoreDNS labels by name (plugin/pkg/dnstest? no: plugin/metrics/vars monitorType).
 MONITORED_TYPES: dict[int, str] = {
     1: "A", 28: "AAAA", 5: "CNAME", 6: "SOA", 2: "NS", 12: "PTR", 15: "MX", 16: "TXT",
@@ -27,6 +31,11 @@ MONITORED_TYPES: dict[int, str] = {
 
 def type_label(qtype: int) -> str:
     return MONITORED_TYPES.get(qtype, "other")
+
+
+def size_bucket(size: int) -> int:
+    """Index of the size bucket ``size`` falls in (for precomputing it per query shape)."""
+    return bisect_left(SIZE_BUCKETS, size)
 
 
 class Hist:
@@ -88,25 +97,26 @@ class ZoneStats:
         self.resp_size[tcp].observe(size)
         self.duration.observe(secs)
 
-    def count_hit(self, rkey: int, do: bool, qsize: int, rsize: int, rcode: int, tcp: bool,
-                  secs: float) -> None:
+    def count_hit(self, rkey: int, do: bool, qbucket: int, qsize: int, rsize: int, rcode: int,
+                  tcp: bool, secs: float) -> None:
         """count_request + count_response(plugin="cache") in one call for the hit path;
-        ``rkey`` is the ``requests`` key already built (qtype << 2 | tcp << 1 | v6)."""
+        ``rkey`` is the ``requests`` key already built (qtype << 2 | tcp << 1 | v6) and
+        ``qbucket`` the request-size bucket (both fixed per query shape)."""
         r = self.requests
         r[rkey] = r.get(rkey, 0) + 1
         if do:
             self.do_requests += 1
         h = self.req_size[tcp]
-        h.counts[bisect_left(h.bounds, qsize)] += 1
+        h.counts[qbucket] += 1
         h.sum += qsize
-        rk = (rcode, "cache")
+        rk = _CACHE_KEYS[rcode]
         resp = self.responses
         resp[rk] = resp.get(rk, 0) + 1
         h = self.resp_size[tcp]
         h.counts[bisect_left(h.bounds, rsize)] += 1
         h.sum += rsize
         h = self.duration
-        h.counts[bisect_left(h.bounds, secs)] += 1
+        h.counts[0 if secs <= _FIRST_TIME else bisect_left(h.bounds, secs)] += 1
         h.sum += secs
 
     def request_rows(self) -> list[tuple[str, str, str, int]]:
