@@ -1,0 +1,99 @@
+"""TCP limits (idle timeout, connection cap), bind addresses, and the log plugin's filters."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+
+import dns.exception
+import dns.message
+import dns.rcode
+import pytest
+from harness import Running, query
+
+from linkdns.server import listen
+
+
+def _recv_or_closed(s: socket.socket, timeout: float) -> bytes:
+    s.settimeout(timeout)
+    try:
+        return s.recv(100)
+    except TimeoutError:
+        return b"timeout"
+    except ConnectionResetError:
+        return b""
+
+
+def test_idle_tcp_connection_is_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(listen, "TCP_IDLE_TIMEOUT", 0.3)
+    with Running(".:0 {\n bind 127.0.0.1\n errors\n}\n") as srv:
+        s = socket.create_connection(("127.0.0.1", srv.port), timeout=3)
+        t0 = time.monotonic()
+        assert _recv_or_closed(s, 3) == b""  # EOF: the server closed the idle connection
+        assert 0.2 < time.monotonic() - t0 < 2.5
+        s.close()
+
+
+def test_tcp_connections_are_capped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(listen, "TCP_MAX_CONNECTIONS", 2)
+    with Running(".:0 {\n bind 127.0.0.1\n errors\n}\n") as srv:
+        keep = [socket.create_connection(("127.0.0.1", srv.port), timeout=3) for _ in range(2)]
+        time.sleep(0.1)  # let the server account for both
+        extra = socket.create_connection(("127.0.0.1", srv.port), timeout=3)
+        assert _recv_or_closed(extra, 2) == b""  # closed at once, over the cap
+        # the connections under the cap still work
+        q = dns.message.make_query("example.org.", "A").to_wire()
+        keep[0].sendall(len(q).to_bytes(2, "big") + q)
+        n = int.from_bytes(keep[0].recv(2), "big")
+        assert dns.message.from_wire(keep[0].recv(n)).rcode() == dns.rcode.SERVFAIL
+        for s in [*keep, extra]:
+            s.close()
+
+
+def test_bind_listens_only_on_the_given_address() -> None:
+    with Running(".:0 {\n bind 127.0.0.2\n errors\n}\n") as srv:
+        port = srv.port
+        assert query(port, "example.org.", host="127.0.0.2").rcode() == dns.rcode.SERVFAIL
+        with pytest.raises(dns.exception.Timeout):
+            query(port, "example.org.", host="127.0.0.1", timeout=0.3)
+
+
+def test_bind_several_addresses_and_interface_except() -> None:
+    cf = ".:0 {\n bind lo {\n  except ::1 127.0.0.1\n }\n errors\n}\n"
+    with pytest.raises(Exception, match="no address left"):
+        Running(cf)
+    with Running(".:0 {\n bind 127.0.0.3 127.0.0.4\n errors\n}\n") as srv:
+        ports = {ln.host: ln.port for ln in srv.server.listeners.values()}
+        assert set(ports) == {"127.0.0.3", "127.0.0.4"}
+        for host, port in ports.items():
+            assert query(port, "a.example.", host=host).rcode() == dns.rcode.SERVFAIL
+
+
+@pytest.mark.parametrize(
+    ("log_line", "name", "logged"),
+    [
+        pytest.param("log", "x.example.org.", True, id="all"),
+        pytest.param("log example.org", "x.example.org.", True, id="name-in-zone"),
+        pytest.param("log example.com", "x.example.org.", False, id="name-outside"),
+        pytest.param("log {\n class success\n }", "x.example.org.", False, id="class-success"),
+        pytest.param("log {\n class error\n }", "x.example.org.", True, id="class-error"),
+    ],
+)
+def test_log_filters(caplog: pytest.LogCaptureFixture, log_line: str, name: str,
+                     logged: bool) -> None:
+    caplog.set_level(logging.INFO, logger="linkdns")
+    with Running(f".:0 {{\n bind 127.0.0.1\n {log_line}\n}}\n") as srv:
+        srv.query(name, "A")
+    lines = [r.getMessage() for r in caplog.records if r.name == "linkdns.plugin.log"]
+    assert bool(lines) == logged
+    if logged:
+        assert f'"A IN {name} udp ' in lines[0] and " SERVFAIL qr,rd,ra " in lines[0]
+
+
+def test_log_custom_format(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="linkdns")
+    with Running('.:0 {\n bind 127.0.0.1\n log . "{name} {type} {rcode} {proto}"\n}\n') as srv:
+        srv.query("Fmt.Example.", "AAAA", tcp=True)
+    lines = [r.getMessage() for r in caplog.records if r.name == "linkdns.plugin.log"]
+    assert lines == ["fmt.example. AAAA SERVFAIL tcp"]
