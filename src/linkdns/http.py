@@ -21,7 +21,10 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import TYPE_CHECKING
 
+from linkdns.plugin import SetupPlugin, arg_count_error, err
+
 if TYPE_CHECKING:
+    from linkdns.corefile import Directive
     from linkdns.server.site import Site
 
 log = logging.getLogger("linkdns.http")
@@ -263,3 +266,35 @@ def shared(site: Site, host: str, port: int) -> HTTPServer:
     if srv is None:
         srv = servers[(host, port)] = HTTPServer(host, port, site.server.reuse_port)
     return srv
+
+
+def parse_addr(d: Directive, default: str) -> tuple[str, int]:
+    """The optional single ``ADDR`` argument of prometheus, health and ready."""
+    if len(d.args) > 1:
+        raise arg_count_error(d)
+    try:
+        return split_addr(d.args[0] if d.args else default)
+    except ValueError as e:
+        raise err(d, str(e)) from None
+
+
+class HTTPPlugin(SetupPlugin):
+    """A setup plugin serving paths on a shared :class:`HTTPServer`: holds it while running."""
+
+    def __init__(self, srv: HTTPServer) -> None:
+        self.http = srv
+        self.held = False
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with ``127.0.0.1:0`` in tests)."""
+        return self.http.port
+
+    async def start(self) -> None:
+        await self.http.acquire()
+        self.held = True
+
+    async def stop(self) -> None:
+        if self.held:
+            self.held = False
+            await self.http.release()

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from linkdns import http, metrics, values
 from linkdns.corefile import Directive
 from linkdns.errors import ConfigError
-from linkdns.plugin import PluginSpec, SetupPlugin, arg_count_error, err, register
+from linkdns.plugin import PluginSpec, register
 from linkdns.server.site import Site
 
 log = logging.getLogger("linkdns.plugin.health")
@@ -38,12 +38,7 @@ class HealthConfig:
 
 
 def parse(d: Directive) -> HealthConfig:
-    if len(d.args) > 1:
-        raise arg_count_error(d)
-    try:
-        host, port = http.split_addr(d.args[0] if d.args else DEFAULT_ADDR)
-    except ValueError as e:
-        raise err(d, str(e)) from None
+    host, port = http.parse_addr(d, DEFAULT_ADDR)
     lameduck = 0.0
     for sub in d.block or []:
         if sub.name != "lameduck":
@@ -89,14 +84,13 @@ def local_host(host: str) -> str:
     return host
 
 
-class Health(SetupPlugin):
+class Health(http.HTTPPlugin):
     name = "health"
 
     def __init__(self, srv: http.HTTPServer, lameduck: float, stats: metrics.HealthStats) -> None:
-        self.http = srv
+        super().__init__(srv)
         self.duration = lameduck
         self.stats = stats
-        self.held = False
         self.task: asyncio.Task[None] | None = None
         self.interval = CHECK_INTERVAL
         #: set after every self-check (tests await it)
@@ -104,16 +98,11 @@ class Health(SetupPlugin):
         #: set when lame duck mode begins
         self.in_lameduck = asyncio.Event()
 
-    @property
-    def port(self) -> int:
-        return self.http.port
-
     def handle(self, req: http.Request) -> http.Response:
         return http.text(200, "OK")
 
     async def start(self) -> None:
-        await self.http.acquire()
-        self.held = True
+        await super().start()
         self.task = asyncio.get_running_loop().create_task(self._self_check())
 
     async def check_once(self, host: str, port: int) -> bool:
@@ -151,9 +140,7 @@ class Health(SetupPlugin):
             with contextlib.suppress(asyncio.CancelledError):
                 await self.task
             self.task = None
-        if self.held:
-            self.held = False
-            await self.http.release()
+        await super().stop()
 
 
 def _fmt(secs: float) -> str:

@@ -16,7 +16,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_late
 
 from linkdns import http, metrics, workers
 from linkdns.corefile import Directive
-from linkdns.plugin import PluginSpec, SetupPlugin, arg_count_error, err, register
+from linkdns.plugin import PluginSpec, err, register
 from linkdns.server.site import Site
 
 DEFAULT_ADDR = "localhost:9153"
@@ -30,16 +30,11 @@ class PrometheusConfig:
 
 
 def parse(d: Directive) -> PrometheusConfig:
-    if len(d.args) > 1:
-        raise arg_count_error(d)
+    host, port = http.parse_addr(d, DEFAULT_ADDR)
     for sub in d.block or []:
         if sub.name == "tls":
             raise err(d, "the 'tls' option is not supported; terminate TLS in front of linkdns")
         raise err(d, f"unknown option: {sub.name}")
-    try:
-        host, port = http.split_addr(d.args[0] if d.args else DEFAULT_ADDR)
-    except ValueError as e:
-        raise err(d, str(e)) from None
     return PrometheusConfig(host, port)
 
 
@@ -59,26 +54,8 @@ def metrics_handler(site: Site) -> http.Handler:
     return handle
 
 
-class Prometheus(SetupPlugin):
+class Prometheus(http.HTTPPlugin):
     name = "prometheus"
-
-    def __init__(self, srv: http.HTTPServer) -> None:
-        self.http = srv
-        self.held = False
-
-    @property
-    def port(self) -> int:
-        """The bound port (useful with ``prometheus 127.0.0.1:0``)."""
-        return self.http.port
-
-    async def start(self) -> None:
-        await self.http.acquire()
-        self.held = True
-
-    async def stop(self) -> None:
-        if self.held:
-            self.held = False
-            await self.http.release()
 
 
 def build(cfg: PrometheusConfig, site: Site) -> Prometheus:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from linkdns import http
 from linkdns.corefile import Directive
 from linkdns.errors import ConfigError
-from linkdns.plugin import Handler, PluginSpec, SetupPlugin, arg_count_error, err, register
+from linkdns.plugin import Handler, PluginSpec, SetupPlugin, register
 from linkdns.server.core import Server
 from linkdns.server.site import Site
 
@@ -34,12 +34,7 @@ class ReadyConfig:
 
 
 def parse(d: Directive) -> ReadyConfig:
-    if len(d.args) > 1:
-        raise arg_count_error(d)
-    try:
-        host, port = http.split_addr(d.args[0] if d.args else DEFAULT_ADDR)
-    except ValueError as e:
-        raise err(d, str(e)) from None
+    host, port = http.parse_addr(d, DEFAULT_ADDR)
     continuously = False
     for sub in d.block or []:
         if sub.name != "monitor":
@@ -54,21 +49,16 @@ def parse(d: Directive) -> ReadyConfig:
     return ReadyConfig(host, port, continuously)
 
 
-class Ready(SetupPlugin):
+class Ready(http.HTTPPlugin):
     name = "ready"
 
     def __init__(self, srv: http.HTTPServer, server: Server, continuously: bool) -> None:
-        self.http = srv
+        super().__init__(srv)
         self.server = server
         self.continuously = continuously
-        self.held = False
         #: plugins seen ready once (not asked again in until-ready mode), by id
         self.confirmed: dict[int, object] = {}
         self.last: list[str] = []
-
-    @property
-    def port(self) -> int:
-        return self.http.port
 
     def not_ready(self) -> list[str]:
         """Sorted names of plugins not ready (``server`` while listeners are not bound)."""
@@ -97,16 +87,6 @@ class Ready(SetupPlugin):
         if not names:
             return http.text(200, "OK")
         return http.text(503, ",".join(names))
-
-    async def start(self) -> None:
-        await self.http.acquire()
-        self.held = True
-
-    async def stop(self) -> None:
-        if self.held:
-            self.held = False
-            await self.http.release()
-
 
 def build(cfg: ReadyConfig, site: Site) -> Ready:
     srv = http.shared(site, cfg.host, cfg.port)
