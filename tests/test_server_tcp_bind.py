@@ -10,6 +10,7 @@ import dns.exception
 import dns.message
 import dns.rcode
 import pytest
+from fakeupstream import FakeUpstream, Reply
 from harness import Running, query
 
 from linkdns.server import listen
@@ -97,3 +98,32 @@ def test_log_custom_format(caplog: pytest.LogCaptureFixture) -> None:
         srv.query("Fmt.Example.", "AAAA", tcp=True)
     lines = [r.getMessage() for r in caplog.records if r.name == "linkdns.plugin.log"]
     assert lines == ["fmt.example. AAAA SERVFAIL tcp"]
+
+
+def test_tcp_pipeline_over_the_cap_is_refused_and_the_rest_answered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(listen, "TCP_MAX_PENDING", 2)
+    with FakeUpstream() as up:
+        up.handler = lambda q, p: Reply(up.default_answer(q), delay=0.3)
+        with Running(f".:0 {{\n bind 127.0.0.1\n forward . {up.addr}\n}}\n") as srv:
+            s = socket.create_connection(("127.0.0.1", srv.port), timeout=3)
+            payload = b""
+            for i in range(3):
+                w = dns.message.make_query(f"p{i}.example.", "A").to_wire()
+                payload += len(w).to_bytes(2, "big") + w
+            s.sendall(payload)
+            got = {}
+            buf = b""
+            while len(got) < 3:
+                chunk = s.recv(65535)
+                assert chunk
+                buf += chunk
+                while len(buf) >= 2 and len(buf) >= 2 + int.from_bytes(buf[:2], "big"):
+                    n = int.from_bytes(buf[:2], "big")
+                    m = dns.message.from_wire(buf[2 : 2 + n])
+                    got[str(m.question[0].name)] = m.rcode()
+                    buf = buf[2 + n :]
+            s.close()
+    assert got == {"p0.example.": dns.rcode.NOERROR, "p1.example.": dns.rcode.NOERROR,
+                   "p2.example.": dns.rcode.REFUSED}

@@ -355,8 +355,11 @@ class TCPProtocol(asyncio.Protocol):
             tr.write(len(reply).to_bytes(2, "big") + reply)
             return
         if self.pending >= TCP_MAX_PENDING:
-            tr.write_eof() if tr.can_write_eof() else None
-            ln.dropped(data, m.q, True, len(self.peer) > 2)
+            # Too many pipelined queries in flight on this connection: refuse this one (the
+            # ones in flight still get their answers), counted under the dropped zone.
+            err = wire.error_reply(m.q, data, wire.REFUSED)
+            tr.write(len(err).to_bytes(2, "big") + err)
+            ln.dropped(data, m.q, True, len(self.peer) > 2, err, wire.REFUSED)
             return
         self.pending += 1
         ln.slow(m, data, self.peer, lambda req: _TCPDone(req, tr, self), True)
