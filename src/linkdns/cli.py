@@ -116,10 +116,13 @@ async def serve(path: str, dns_port: int, drain: float, worker: Worker | None = 
         await server.stop()
         return 1
     log.info("linkdns-%s", __version__)
-    await stop.wait()
+    waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(server.failed.wait())]
+    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    for t in waiters:
+        t.cancel()
     log.info("shutting down")
     await server.stop()
-    return 0
+    return server.exit_code
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -48,6 +48,9 @@ class Server:
         self.tasks: set[asyncio.Task[Any]] = set()
         self.listeners: dict[tuple[str, int], Listener] = {}
         self.started = asyncio.Event()
+        #: set by :meth:`fail` (e.g. the loop plugin): the process should stop, exit code 1
+        self.failed = asyncio.Event()
+        self.exit_code = 0
         self.stopping = False
         self.start_time = time.time()
         #: set in ``-workers N`` mode (see workers.py)
@@ -107,6 +110,12 @@ class Server:
             self._expo.close()
         for site in self.sites:
             await site.stop()
+
+    def fail(self, msg: str) -> None:
+        """A fatal condition (CoreDNS's log.Fatal): log it and ask the process to stop."""
+        log.critical("%s", msg)
+        self.exit_code = 1
+        self.failed.set()
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run a coroutine owned by the server (tracked, cancelled at stop)."""
