@@ -28,11 +28,12 @@ class Running:
     """A started linkdns server. ``with Running(corefile) as srv: srv.port``."""
 
     def __init__(self, corefile: str, dns_port: int = 0, drain: float = 2.0,
-                 registry: CollectorRegistry | None = None) -> None:
+                 registry: CollectorRegistry | None = None, source: str | None = None) -> None:
         self.registry = registry or CollectorRegistry()
-        blocks = parse_corefile(corefile, "Corefile")
+        blocks = parse_corefile(corefile, source or "Corefile")
         self.server = Server.from_blocks(blocks, dns_port, registry=self.registry,
                                          drain_timeout=drain)
+        self.server.source = source  # the file the reload plugin watches
         self.loop = new_event_loop()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._ready = threading.Event()

@@ -26,7 +26,8 @@ def test_daemonset_configmap_corefile_sets_up_four_blocks() -> None:
     sites = build_sites(parse_corefile(cm["data"]["Corefile"], "ConfigMap/node-local-dns"))
     assert [s.zones for s in sites] == [["cluster.local."], ["in-addr.arpa."], ["ip6.arpa."],
                                         ["."]]
-    assert all("cache" in s.plugins and "forward" in s.plugins for s in sites)
+    assert all({"cache", "forward", "reload", "loop", "errors"} <= s.plugins.keys()
+               for s in sites)
     ds = next(d for d in docs if d and d.get("kind") == "DaemonSet")
     spec = ds["spec"]["template"]["spec"]
     assert spec["hostNetwork"] is True

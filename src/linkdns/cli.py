@@ -98,6 +98,7 @@ async def serve(path: str, dns_port: int, drain: float, worker: Worker | None = 
         server = Server.from_blocks(blocks, dns_port, reuse_port=worker is not None,
                                     drain_timeout=drain)
         server.worker = worker
+        server.source = path
     except ConfigError as e:
         for one in e.all:
             log.fatal("%s", one)

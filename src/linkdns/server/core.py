@@ -46,6 +46,8 @@ class Server:
         self.reuse_port = reuse_port
         self.drain_timeout = drain_timeout
         self.tasks: set[asyncio.Task[Any]] = set()
+        #: server-level background tasks (the reload watcher): cancelled at stop, not drained
+        self.background: dict[str, asyncio.Task[Any]] = {}
         self.listeners: dict[tuple[str, int], Listener] = {}
         self.started = asyncio.Event()
         #: set by :meth:`fail` (e.g. the loop plugin): the process should stop, exit code 1
@@ -53,6 +55,9 @@ class Server:
         self.exit_code = 0
         self.stopping = False
         self.start_time = time.time()
+        #: the Corefile this server was loaded from (the reload plugin watches it)
+        self.source: str | None = None
+        self.dns_port = 53
         #: set in ``-workers N`` mode (see workers.py)
         self.worker: Worker | None = None
         self._expo: asyncio.AbstractServer | None = None
@@ -60,28 +65,69 @@ class Server:
 
     @classmethod
     def from_blocks(cls, blocks: list[ServerBlock], dns_port: int = 53, **kw: Any) -> Server:
-        return cls(build_sites(blocks, dns_port), **kw)
+        server = cls(build_sites(blocks, dns_port), **kw)
+        server.dns_port = dns_port
+        return server
 
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
         for site in self.sites:
             await site.start()
-        by_addr: dict[tuple[str, int], list[Site]] = {}
-        for site in self.sites:
-            for addr in site.addrs or [""]:
-                by_addr.setdefault((addr, site.port), []).append(site)
-        for (host, port), sites in by_addr.items():
-            ln = Listener(self, host, port)
-            await ln.start(self.reuse_port)
-            ln.set_sites(sites)
-            self.listeners[(host, port)] = ln
-            for z in sorted({z for s in sites for z in s.zones}):
-                log.info("%s", f"{z}:{ln.port} on {host or '*'}")
+        await self._listen(self.sites)
         if self.worker is not None:
             reg = self.registry
             self._expo = await workers.serve_exposition(self.worker, lambda: generate_latest(reg))
         self.started.set()
+
+    async def _listen(self, sites: list[Site]) -> list[Listener]:
+        """Point listeners at ``sites``: reuse those on an address and port still wanted,
+        open new ones; return the ones no longer wanted (still open)."""
+        by_addr: dict[tuple[str, int], list[Site]] = {}
+        for site in sites:
+            for addr in site.addrs or [""]:
+                by_addr.setdefault((addr, site.port), []).append(site)
+        for key, group in by_addr.items():
+            ln = self.listeners.get(key)
+            if ln is None:
+                ln = Listener(self, *key)
+                await ln.start(self.reuse_port)
+                self.listeners[key] = ln
+            ln.set_sites(group)  # one assignment: queries from now on see the new chains
+            for z in sorted({z for s in group for z in s.zones}):
+                log.info("%s", f"{z}:{ln.port} on {ln.host or '*'}")
+        return [self.listeners.pop(k) for k in list(self.listeners) if k not in by_addr]
+
+    async def reload(self, cfgs: list[SiteConfig]) -> None:
+        """Swap in new server blocks without closing listeners that stay.
+
+        The new plugins start first (a failure leaves the old configuration serving); then
+        the listeners switch to the new chains in one step; queries already running finish
+        on the old chains (bounded by the drain timeout) before the old plugins stop. Caches
+        start empty, as in CoreDNS. Counters keep counting.
+        """
+        new = [Site(c, self) for c in cfgs]
+        started: list[Site] = []
+        try:
+            for site in new:
+                await site.start()
+                started.append(site)
+            gone = await self._listen(new)
+        except BaseException:
+            for site in started:
+                await site.stop()
+            raise
+        old, self.sites = self.sites, new
+        in_flight = set(self.tasks)
+        for ln in gone:
+            ln.stop_accepting()
+        if in_flight:
+            await asyncio.wait(in_flight, timeout=self.drain_timeout)
+        for ln in gone:
+            ln.close()
+        for site in old:
+            await site.stop()
+        log.info("Reload completed: %d server block(s)", len(new))
 
     async def stop(self) -> None:
         """Graceful stop: no new queries, in-flight ones finish (bounded), then close."""
@@ -94,6 +140,8 @@ class Server:
             for e in await asyncio.gather(*hooks, return_exceptions=True):
                 if isinstance(e, Exception):
                     log.error("lameduck hook failed: %s", e)
+        for t in self.background.values():
+            t.cancel()
         for ln in self.listeners.values():
             ln.stop_accepting()
         if self.tasks:
