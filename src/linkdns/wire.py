@@ -443,6 +443,19 @@ def truncate_wire(buf: bytes, size: int) -> bytes:
     return bytes(out)
 
 
+def split_frames(buf: bytearray) -> list[bytes]:
+    """Take every complete 2-byte-length-prefixed message (RFC 7766 framing) off the front
+    of ``buf``; a partial one stays for the next read."""
+    out: list[bytes] = []
+    while len(buf) >= 2:
+        n = (buf[0] << 8) | buf[1]
+        if len(buf) < 2 + n:
+            break
+        out.append(bytes(buf[2 : 2 + n]))
+        del buf[: 2 + n]
+    return out
+
+
 def name_to_text(wire: bytes) -> str:
     """Dotted lowercase-as-given text of an uncompressed wire name (``.`` for root)."""
     parts: list[str] = []

@@ -331,13 +331,7 @@ class TCPProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.buf += data
         self._arm()
-        buf = self.buf
-        while len(buf) >= 2:
-            n = (buf[0] << 8) | buf[1]
-            if len(buf) < 2 + n:
-                break
-            frame = bytes(buf[2 : 2 + n])
-            del buf[: 2 + n]
+        for frame in wire.split_frames(self.buf):
             self.query(frame)
 
     def query(self, data: bytes) -> None:

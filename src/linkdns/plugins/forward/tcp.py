@@ -14,6 +14,7 @@ import ssl
 from collections import deque
 from typing import TYPE_CHECKING
 
+from linkdns import wire
 from linkdns.errors import UpstreamError
 from linkdns.plugins.forward import transport as tr
 
@@ -39,14 +40,8 @@ class TcpConn(asyncio.Protocol):
         self.local = tr.sockname(transport)
 
     def data_received(self, data: bytes) -> None:
-        buf = self.buf
-        buf += data
-        while len(buf) >= 2:
-            n = (buf[0] << 8) | buf[1]
-            if len(buf) < 2 + n:
-                break
-            frame = bytes(buf[2 : 2 + n])
-            del buf[: 2 + n]
+        self.buf += data
+        for frame in wire.split_frames(self.buf):
             self._frame(frame)
 
     def _frame(self, frame: bytes) -> None:
