@@ -85,36 +85,35 @@ def parse_reply(q: Query, reply: bytes) -> Parsed | None:
     return Parsed(body, rrs, kind)
 
 
-def make_entry(q: Query, p: Parsed, ttl: int, now: float, aa_policy: str,
-               percentage: int = 10) -> Entry:
-    """Freeze a parsed reply: ID 0, lowercased question, TTL offsets, flags per policy."""
-    buf = bytearray(p.body)
-    buf[0:2] = b"\x00\x00"
-    buf[wire.HEADER_LEN : q.q_end] = q.key[:-1]  # lowercase name + type + class
+def make_entry(q: Query, p: Parsed, ttl: int, now: float, aa_policy: str) -> Entry:
+    """Freeze a parsed reply: TTL offsets, flags per policy (the entry keeps the records; a
+    reply is rebuilt around the client's own ID and question)."""
     upstream_aa = bool(p.body[2] & 0x04)
     aa = upstream_aa if aa_policy == "keep" else aa_policy == "set"
     ad = bool(p.body[3] & 0x20)
-    return Entry(bytes(buf), tuple(r.ttl_offset for r in p.rrs), now, ttl, p.kind, aa, ad,
-                 q.cd, q.do, percentage)
+    return Entry(p.body, tuple(r.ttl_offset for r in p.rrs), now, ttl, p.kind, aa, ad,
+                 q.cd, q.do)
 
 
 def render(e: Entry, q: Query, ttl: int) -> bytes:
     """The slow path's rendering of an entry for ``q`` with ``ttl`` on every record.
 
     Deliberately written apart from the hit path (struct per offset, flags from the query,
-    ``wire.finish_reply`` for ID, question case and OPT) so tests can compare the two.
+    the lowercased question from the key, ``wire.finish_reply`` for ID, question case and
+    OPT) so tests can compare the two.
     """
-    buf = bytearray(e.data)
+    rest = bytearray(e.rest)
     for off in e.offsets:
-        _U32.pack_into(buf, off, ttl)
+        _U32.pack_into(rest, off, ttl)
     qf = q.flags
     flags = wire.QR | wire.RA | (qf & (wire.RD | wire.CD)) | e.rcode
     if e.aa:
         flags |= wire.AA
     if e.ad and (q.do or qf & wire.AD):
         flags |= wire.AD
-    _U16.pack_into(buf, 2, flags)
-    return wire.finish_reply(q, bytes(buf))
+    counts = bytes(e.head.plain[2:])  # QD, AN, NS, AR (without OPT)
+    question = q.key[: q.q_end - wire.HEADER_LEN]
+    return wire.finish_reply(q, _U16.pack(0) + _U16.pack(flags) + counts + question + rest)
 
 
 def passthrough(reply: bytes, q: Query, aa_policy: str) -> bytes:

@@ -1,22 +1,38 @@
-"""Cache entries (immutable reply bytes + where the TTLs are) and the bounded store.
+"""Cache entries (shared header + the records) and the bounded store.
 
-An :class:`Entry` is built once, when a reply is stored: the reply without its OPT, with ID 0
-and the lowercased question, the offsets of every record's TTL field, the store time (absolute
-clock seconds) and the clamped TTL. It also keeps a *template*: the same bytes with the TTL
-fields and the base flags already written for the current remaining TTL, rebuilt at most once
-per second, so a hit copies it and patches only ID, question, RD/AD and the OPT.
+Memory is the point of this layout: a node-local cache holds tens of thousands of entries, and
+every field or object an entry owns is paid that many times (``tests/test_cache_memory.py``
+pins it). An :class:`Entry` owns one bytes object, ``rest``: the reply's records (answer,
+authority, additional; without the OPT), their TTL fields already set to ``tpl_ttl``. A hit
+builds the reply from the client's own datagram, which already holds the ID and the question
+in the client's letter case:
 
-The :class:`Store` holds one index (key -> entry, what the hit path looks up) and one
-insertion-ordered map per class (success, denial) that bounds each class to its capacity.
-Eviction is CLOCK ("second chance"), an approximation of LRU: a hit only sets ``used``; when a
-class is full the oldest entry is evicted unless it was used since it was last examined, in
-which case it is moved to the back with ``used`` cleared.
+    bytearray(query up to the end of its question)   ID, flags, counts, question
+    [2:12] = head.plain (or head.edns)                our flags and counts
+    += rest (+= the OPT for an EDNS client)
+
+so no copy of the header or the question is kept per entry (the cache key already holds the
+lowercased question). The rest is rewritten when the remaining TTL changes, at most once per
+second while the entry is being hit; all records carry the same TTL (CoreDNS), so the
+original per-record TTLs are not kept.
+
+Entries share what repeats, in bounded interning tables: the :class:`Head` (header bytes 2-11
+as the cache answers: QR, AA per policy, RD | RA, CD, AD rule, rcode, counts; the entry's
+class; the upstream's AD bit), the TTL offsets of one reply shape (a tuple, relative to
+``rest``) and TTL values above 256. The never-hit prefetch time is one float. The
+``refreshing`` mark lives in a set of the (few) entries with a refresh in flight.
+
+The :class:`Store` holds one index (key -> entry, what the hit path looks up) and, per class
+(success, denial), a ring of keys that bounds the class to its capacity. Eviction is CLOCK
+("second chance"), an approximation of LRU: a hit only sets ``used``; when a class is full
+the hand sweeps its ring, clears ``used`` on the entries it passes and evicts the first one
+that was not used since the hand last passed it. A removed (replaced, expired) entry frees
+its slot for the next entry of its class.
 """
 
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 
 SUCCESS = 0  # kind: NOERROR with answers / delegation / empty NOERROR
 DENIAL = 1  # kind: NXDOMAIN or NODATA with an SOA
@@ -24,93 +40,183 @@ SERVFAIL = 2  # kind: SERVFAIL / NOTIMP (kept in the denial class, as CoreDNS do
 
 CLASS_NAMES = ("success", "denial")
 
+HEADER_LEN = 12
+_NEVER = -math.inf  # shared "never hit" prefetch time
+
+#: bounds of the interning tables (headers, TTL-offset shapes, TTL values > 256)
+HEADS_MAX = 4096
+SHAPES_MAX = 4096
+INTS_MAX = 8192
+_heads: dict[tuple[bytes, int, bool], Head] = {}
+_shapes: dict[tuple[int, ...], tuple[int, ...]] = {}
+_ints: dict[int, int] = {}
+#: slot numbers, shared by every ring (ints above 256 are objects of their own)
+_slots: dict[int, int] = {}
+#: entries with a refresh in flight (see :attr:`Entry.refreshing`)
+_refreshing: set[Entry] = set()
+
+
+def share_int(v: int) -> int:
+    """``v``, as an object shared with every other holder of the same value (up to a bound)."""
+    if v <= 256:
+        return v  # CPython caches these already
+    s = _ints.get(v)
+    if s is not None:
+        return s
+    if len(_ints) < INTS_MAX:
+        _ints[v] = v
+    return v
+
+
+def share_shape(offsets: tuple[int, ...]) -> tuple[int, ...]:
+    """The interned copy of a TTL-offset tuple (one per reply shape, up to a bound)."""
+    s = _shapes.get(offsets)
+    if s is not None:
+        return s
+    if len(_shapes) < SHAPES_MAX:
+        _shapes[offsets] = offsets = tuple(share_int(o) for o in offsets)
+    return offsets
+
+
+class Head:
+    """What the entries of one header shape share (never mutated once built).
+
+    ``plain``/``edns``: header bytes 2-11 as the cache answers a client with RD (without /
+    with our OPT counted in ARCOUNT), as bytearrays so that a slice assignment copies them
+    without a temporary; ``cls``: the entry class; ``ad``: the upstream's AD bit.
+    """
+
+    __slots__ = ("ad", "cls", "edns", "plain")
+
+    def __init__(self, hdr: bytes, cls: int, ad: bool) -> None:
+        self.plain = bytearray(hdr)
+        ar = ((hdr[8] << 8) | hdr[9]) + 1
+        self.edns = bytearray(hdr[:8] + bytes((ar >> 8 & 0xFF, ar & 0xFF)))
+        self.cls = cls
+        self.ad = ad
+
+
+def share_head(hdr: bytes, cls: int, ad: bool) -> Head:
+    """The interned :class:`Head` for these header bytes 2-11, class and AD bit."""
+    k = (hdr, cls, ad)
+    h = _heads.get(k)
+    if h is None:
+        h = Head(hdr, cls, ad)
+        if len(_heads) < HEADS_MAX:
+            _heads[k] = h
+    return h
+
+
+def _slot(i: int) -> int:
+    """``i`` as the object every ring uses for slot ``i`` (setdefault: atomic under the GIL)."""
+    return _slots.setdefault(i, i)
+
+
+def name_end(data: bytes | bytearray) -> int:
+    """The offset just past the (uncompressed) question name of ``data``."""
+    end = HEADER_LEN
+    while data[end]:
+        end += data[end] + 1
+    return end + 1
+
 
 class Entry:
-    """One stored reply. Immutable except the template, popularity and refresh state."""
+    """One stored reply. Immutable except ``rest``'s TTLs, popularity and eviction state.
 
-    __slots__ = (
-        "ad", "ar1", "cls", "data", "f_hi", "f_lo", "f_lo_ad", "hits", "kind", "last", "offsets",
-        "opt", "opt_size", "orig_ttl", "question", "rcode", "refreshing", "slices", "stored",
-        "threshold", "tpl", "tpl_opt", "tpl_ttl", "used",
-    )
+    Built from ``data``: the reply without OPT (any ID and question case), ``offsets``: its
+    TTL field offsets, ``stored``: clock seconds, ``ttl``: the clamped TTL (seconds, > 0),
+    ``kind``, and the flags the cache answers with (``aa`` per policy, the upstream's ``ad``,
+    and the stored query's ``cd``/``do``).
+    """
+
+    __slots__ = ("head", "hits", "last", "offsets", "orig_ttl", "rest", "slot", "stored",
+                 "tpl_ttl", "used")
 
     def __init__(self, data: bytes, offsets: tuple[int, ...], stored: float, ttl: int,
-                 kind: int, aa: bool, ad: bool, cd: bool, do: bool, percentage: int = 10) -> None:
-        self.data = data  # reply without OPT, ID 0, lowercased question
-        self.offsets = offsets  # TTL field offsets
-        self.slices = tuple(slice(o, o + 4) for o in offsets)
+                 kind: int, aa: bool, ad: bool, cd: bool, do: bool) -> None:
+        q_end = name_end(data) + 4
+        hdr = bytes((
+            0x80 | (0x04 if aa else 0) | 0x01,  # QR, AA, RD (cleared for a client without)
+            0x80 | (0x10 if cd else 0) | (0x20 if ad and do else 0) | (data[3] & 0x0F),
+        )) + data[4:HEADER_LEN]
+        self.head = share_head(hdr, SUCCESS if kind == SUCCESS else DENIAL, ad)
+        self.offsets = share_shape(tuple(o - q_end for o in offsets))
         self.stored = stored  # clock seconds when stored
-        self.orig_ttl = ttl  # clamped TTL (seconds, > 0)
-        self.kind = kind
-        self.cls = SUCCESS if kind == SUCCESS else DENIAL
-        self.rcode = data[3] & 0x0F
-        self.ad = ad  # the upstream's AD bit
-        # Header bytes 2 and 3 as the cache answers: QR, AA per policy | RA, CD, AD rule, rcode.
-        self.f_hi = 0x80 | (0x04 if aa else 0)
-        lo = 0x80 | (0x10 if cd else 0) | self.rcode
-        self.f_lo = lo | (0x20 if ad and do else 0)  # client without AD
-        self.f_lo_ad = lo | (0x20 if ad else 0)  # client set AD
-        ar = ((data[10] << 8) | data[11]) + 1
-        self.ar1 = bytes((ar >> 8 & 0xFF, ar & 0xFF))  # ARCOUNT with our OPT appended
-        self.threshold = math.ceil(percentage / 100 * ttl)  # prefetch below this TTL
-        q_end = 12
-        while data[q_end]:
-            q_end += data[q_end] + 1
-        self.question = data[12 : q_end + 5]  # lowercase name, type, class
-        self.tpl = b""
-        self.tpl_ttl = -1
-        #: the template with the OPT of the last client size seen (no cookie) appended
-        self.tpl_opt = b""
-        self.opt = b""
-        self.opt_size = -1
+        self.orig_ttl = ttl = share_int(ttl)  # clamped TTL (seconds, > 0)
         self.hits = 0  # prefetch popularity (CoreDNS freq.Freq)
-        self.last = -math.inf
-        self.refreshing = False
-        self.used = False
+        self.last = _NEVER
+        self.used = False  # CLOCK reference bit
+        self.slot = 0  # position in its class's ring (set by the store)
+        self.rest = data[q_end:]
+        self.tpl_ttl = -1
         self.set_ttl(ttl)
 
     @property
+    def cls(self) -> int:
+        return self.head.cls
+
+    @property
+    def rcode(self) -> int:
+        return self.head.plain[1] & 0x0F
+
+    @property
     def aa(self) -> bool:
-        return bool(self.f_hi & 0x04)
+        return bool(self.head.plain[0] & 0x04)
+
+    @property
+    def ad(self) -> bool:
+        """The upstream's AD bit."""
+        return self.head.ad
+
+    @property
+    def kind(self) -> int:
+        if self.cls == SUCCESS:
+            return SUCCESS
+        return SERVFAIL if self.rcode in (2, 4) else DENIAL
+
+    @property
+    def refreshing(self) -> bool:
+        """A background refresh of this entry is in flight (at most one at a time)."""
+        return self in _refreshing
+
+    @refreshing.setter
+    def refreshing(self, on: bool) -> None:
+        if on:
+            _refreshing.add(self)
+        else:
+            _refreshing.discard(self)
 
     def remaining(self, now: float) -> int:
         """Seconds left (CoreDNS: original TTL minus whole seconds elapsed); <= 0 = expired."""
         return self.orig_ttl - int(now - self.stored)
 
     def set_ttl(self, ttl: int) -> None:
-        """Rebuild the template for ``ttl`` (every record carries the same TTL)."""
-        buf = bytearray(self.data)
-        tb = ttl.to_bytes(4, "big")
-        for s in self.slices:
-            buf[s] = tb
-        buf[2] = self.f_hi
-        buf[3] = self.f_lo
-        self.tpl = bytes(buf)
-        self.tpl_ttl = ttl
-        if self.opt_size >= 0:
-            self.tpl_opt = self.tpl[:10] + self.ar1 + self.tpl[12:] + self.opt
-
-    def set_opt(self, size: int, opt: bytes) -> None:
-        """Cache the template with this OPT appended (clients of one kind send one size)."""
-        self.opt_size = size
-        self.opt = opt
-        self.tpl_opt = self.tpl[:10] + self.ar1 + self.tpl[12:] + opt
+        """Rewrite the TTL fields in ``rest`` to ``ttl`` (every record carries the same TTL)."""
+        if self.offsets:
+            buf = bytearray(self.rest)
+            tb = bytearray(ttl.to_bytes(4, "big"))  # (a bytes value would be copied per slice)
+            for o in self.offsets:
+                buf[o : o + 4] = tb
+            self.rest = bytes(buf)
+        self.tpl_ttl = share_int(ttl)
 
     def __repr__(self) -> str:
         return (f"<Entry {CLASS_NAMES[self.cls]} kind={self.kind} ttl={self.orig_ttl} "
-                f"rrs={len(self.offsets)} {len(self.data)}B>")
+                f"rrs={len(self.offsets)} {len(self.rest)}B>")
 
 
 class Store:
     """Entries by key, each class bounded by its capacity (0 = that class is off)."""
 
-    __slots__ = ("caps", "classes", "evictions", "index")
+    __slots__ = ("caps", "evictions", "free", "hands", "index", "rings")
 
     def __init__(self, success_cap: int, denial_cap: int) -> None:
         self.index: dict[bytes, Entry] = {}
-        self.classes: tuple[OrderedDict[bytes, Entry], OrderedDict[bytes, Entry]] = (
-            OrderedDict(), OrderedDict())
         self.caps = (success_cap, denial_cap)
+        #: per class: the key in each slot (None = free), the free slots, the CLOCK hand
+        self.rings: tuple[list[bytes | None], list[bytes | None]] = ([], [])
+        self.free: tuple[list[int], list[int]] = ([], [])
+        self.hands = [0, 0]
         self.evictions = [0, 0]
 
     def __len__(self) -> int:
@@ -125,14 +231,23 @@ class Store:
     def put(self, key: bytes, e: Entry) -> bool:
         """Store ``e`` under ``key`` (replacing any entry of either class). False if the class
         has no room at all (capacity 0)."""
-        cap = self.caps[e.cls]
+        cls = e.cls
+        cap = self.caps[cls]
         if cap <= 0:
             return False
         self.remove(key)
-        d = self.classes[e.cls]
-        while len(d) >= cap:
-            self._evict(e.cls)
-        d[key] = e
+        ring = self.rings[cls]
+        free = self.free[cls]
+        if free:  # a hole, anywhere on the ring: one pass of grace, as if at the back
+            slot = free.pop()
+            e.used = True
+        elif len(ring) < cap:
+            slot = _slot(len(ring))
+            ring.append(None)
+        else:
+            slot = self._evict(cls)
+        ring[slot] = key
+        e.slot = slot
         self.index[key] = e
         return True
 
@@ -142,19 +257,30 @@ class Store:
         if old is None or (only is not None and old is not only):
             return
         del self.index[key]
-        del self.classes[old.cls][key]
+        self.rings[old.cls][old.slot] = None
+        self.free[old.cls].append(old.slot)
 
-    def _evict(self, cls: int) -> None:
-        d = self.classes[cls]
+    def _evict(self, cls: int) -> int:
+        """Evict one entry of a full class (no free slot); its slot."""
+        ring = self.rings[cls]
+        index = self.index
+        h = self.hands[cls]
+        n = len(ring)
         while True:
-            key, e = d.popitem(last=False)
+            if h >= n:
+                h = 0
+            key = ring[h]
+            assert key is not None  # a full ring has no free slot
+            e = index[key]
             if e.used:  # second chance
                 e.used = False
-                d[key] = e
+                h += 1
                 continue
-            del self.index[key]
+            del index[key]
             self.evictions[cls] += 1
-            return
+            self.hands[cls] = h + 1
+            return _slot(h)
 
     def sizes(self) -> tuple[int, int]:
-        return len(self.classes[0]), len(self.classes[1])
+        r, f = self.rings, self.free
+        return len(r[0]) - len(f[0]), len(r[1]) - len(f[1])
