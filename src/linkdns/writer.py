@@ -33,12 +33,19 @@ class Writer:
 
     def send(self, out: bytes, plugin: str = "") -> None:
         """Send bytes that already fit the client (ID, question, OPT), truncating on UDP."""
-        if self.req.proto == "udp" and len(out) > self.req.q.udp_size:
-            out = message.truncate(out, self.req.q.udp_size)
+        req = self.req
+        n = len(out)
+        if n > req.q.udp_size and req.proto == "udp":
+            out = message.truncate(out, req.q.udp_size)
+            n = len(out)
         self.written = True
-        self.rcode = wire.rcode(out) if len(out) > 3 else -1
-        self.size = len(out)
-        self.flags = (out[2] << 8 | out[3]) if len(out) > 3 else 0
+        if n > 3:
+            self.rcode = out[3] & 0x0F
+            self.flags = (out[2] << 8) | out[3]
+        else:
+            self.rcode = -1
+            self.flags = 0
+        self.size = n
         self.plugin = plugin
         self._emit(out)
 
@@ -50,7 +57,13 @@ class UDPWriter(Writer):
     __slots__ = ("transport",)
 
     def __init__(self, req: Request, transport: asyncio.DatagramTransport) -> None:
-        super().__init__(req)
+        # Writer.__init__ inlined: one of these is made per query that misses the cache.
+        self.req = req
+        self.rcode = -1
+        self.size = 0
+        self.written = False
+        self.plugin = ""
+        self.flags = 0
         self.transport = transport
 
     def _emit(self, out: bytes) -> None:
@@ -105,7 +118,13 @@ class Recorder(Writer):
     __slots__ = ("reply",)
 
     def __init__(self, req: Request) -> None:
-        super().__init__(req)
+        # Writer.__init__ inlined: the cache makes one of these per miss.
+        self.req = req
+        self.rcode = -1
+        self.size = 0
+        self.written = False
+        self.plugin = ""
+        self.flags = 0
         self.reply: bytes | None = None
 
     def write(self, reply: bytes, plugin: str = "") -> None:
@@ -116,9 +135,14 @@ class Recorder(Writer):
         if self.reply is None:
             self.reply = out
         self.written = True
-        self.rcode = wire.rcode(out) if len(out) > 3 else -1
-        self.size = len(out)
-        self.flags = (out[2] << 8 | out[3]) if len(out) > 3 else 0
+        n = len(out)
+        if n > 3:
+            self.rcode = out[3] & 0x0F
+            self.flags = (out[2] << 8) | out[3]
+        else:
+            self.rcode = -1
+            self.flags = 0
+        self.size = n
         self.plugin = plugin
 
     def _emit(self, out: bytes) -> None:

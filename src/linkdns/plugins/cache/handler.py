@@ -1,8 +1,9 @@
 """The cache handler: the synchronous hit path, the slow path, and background refreshes.
 
 Hit path (``hit``, called by the listener without a task): one dict lookup, one bytearray copy
-of a template whose TTLs are already written, a few byte patches (ID, RD, AD, question case),
-the OPT appended. Counting is plain integers; dnslib and prometheus are never touched.
+of the client's datagram (its ID and question), the entry's shared header bytes and its records
+(TTLs already written) put after it, RD/AD patches, the OPT appended. Counting is plain
+integers; dnslib and prometheus are never touched.
 
 Slow path (``serve``): zone check, lookup (fresh hit, stale entry, miss). Misses run the rest
 of the chain with a Recorder; identical misses in flight share that one exchange. A stored
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +41,18 @@ VERIFY_TIMEOUT = 1.8
 REFRESH_PEER = ("0.0.0.0", 0)
 
 _monotonic = time.monotonic
+
+#: the OPT of a reply without a cookie, by the client's UDP size (without / with DO)
+_OPT: dict[int, bytes] = {}
+_OPT_DO: dict[int, bytes] = {}
+
+
+def _opt_for(q: Query) -> bytes:
+    opt = reply_opt(q)
+    memo = _OPT_DO if q.do else _OPT
+    if len(memo) < 256:
+        memo[q.udp_size] = opt
+    return opt
 
 
 class Fetched:
@@ -92,11 +106,13 @@ class Cache(Handler):
         self._keepttl = cfg.keepttl
         self._pf = cfg.prefetch
         self._pf_window = cfg.prefetch_window
+        self._pf_pct = cfg.prefetch_percentage
         self._stale = cfg.stale
         self._aa = cfg.aa
         self._off_success = _zone_set(cfg.disable_success) if cfg.disable_success else None
         self._off_denial = _zone_set(cfg.disable_denial) if cfg.disable_denial else None
-        self._inflight: dict[bytes, asyncio.Future[Fetched]] = {}
+        #: keys being fetched -> futures of the callers waiting on that fetch
+        self._inflight: dict[bytes, list[asyncio.Future[Fetched]]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         # Counters (read by the prometheus collector at scrape time).
         self.hits = [0, 0]  # success, denial
@@ -141,38 +157,45 @@ class Cache(Handler):
         rttl = e.orig_ttl if self._keepttl else ttl
         if rttl != e.tpl_ttl:
             e.set_ttl(rttl)
-        opt = b""
-        if not q.has_opt:
-            tpl = e.tpl
-        elif q.cookie:  # the OPT echoes a per-client cookie: append it to the plain template
-            opt = reply_opt(q)
-            tpl = e.tpl
-            if len(tpl) + len(opt) > size:
+        # The reply is the client's datagram up to the end of its question (its ID and its
+        # letter case), our flags and counts, the records, our OPT (see store.py).
+        h = e.head
+        rest = e.rest
+        qe = q.q_end
+        if q.has_opt:
+            if q.cookie:
+                opt = reply_opt(q)
+            else:
+                try:
+                    opt = (_OPT_DO if q.do else _OPT)[q.udp_size]
+                except KeyError:
+                    opt = _opt_for(q)
+            if qe + len(rest) + len(opt) > size:
                 return None
         else:
-            if q.udp_size != e.opt_size:
-                e.set_opt(q.udp_size, reply_opt(q))
-            tpl = e.tpl_opt
-        if len(tpl) > size:
-            return None
-        self.hits[e.cls] += 1
+            opt = b""
+            if qe + len(rest) > size:
+                return None
+        self.hits[h.cls] += 1
         e.used = True
         if self._pf and self._popular(e, now, ttl):
             self._refresh(e, Request(q.copy(), REFRESH_PEER, "udp", "", self.zones[0]))
-        buf = bytearray(tpl)
         data = q.data
-        buf[0] = data[0]
-        buf[1] = data[1]
-        if data[2] & 0x01:  # RD
-            buf[2] = e.f_hi | 0x01
-        if data[3] & 0x20:  # the client set AD
-            buf[3] = e.f_lo_ad
-        if not data.startswith(e.question, 12):  # not all lowercase: echo the client's case
-            qe = q.q_end
-            buf[12:qe] = data[12:qe]
+        buf = bytearray(data)
         if opt:
-            buf[10:12] = e.ar1
+            del buf[qe:]
+            buf[2:12] = h.edns
+            buf += rest
             buf += opt
+        else:
+            if len(buf) != qe:  # an additional record that is not an OPT
+                del buf[qe:]
+            buf[2:12] = h.plain
+            buf += rest
+        if not data[2] & 0x01:  # the client did not set RD
+            buf[2] &= 0xFE
+        if data[3] & 0x20 and h.ad:  # the client set AD and the upstream did
+            buf[3] |= 0x20
         return buf
 
     def _popular(self, e: Entry, now: float, ttl: int) -> bool:
@@ -182,7 +205,8 @@ class Cache(Handler):
         else:
             e.hits += 1
         e.last = now
-        return e.hits >= self._pf and ttl <= e.threshold and not e.refreshing
+        return (e.hits >= self._pf and ttl <= math.ceil(self._pf_pct / 100 * e.orig_ttl)
+                and not e.refreshing)
 
     # -- the slow path ----------------------------------------------------------------------
 
@@ -190,24 +214,26 @@ class Cache(Handler):
         q = req.q
         if not self.covers(q):
             return await self.next_serve(req, w)
-        if q.qtype in (wire.T_AXFR, wire.T_IXFR):
+        if q.qtype == wire.T_AXFR or q.qtype == wire.T_IXFR:
             self.misses += 1
             return await self.next_serve(req, w)
-        now = self.now()
         e = self._index.get(q.key)
-        if e is not None:
-            ttl = e.remaining(now)
-            if ttl > 0:
-                self.hits[e.cls] += 1
-                e.used = True
-                if self._pf and self._popular(e, now, ttl):
-                    self._refresh(e, _copy(req))
-                w.send(policy.render(e, q, self.ttl_for(e, now)), "cache")
-                return wire.NOERROR
-            if self._stale > 0 and -ttl < self._stale:
-                self.hits[e.cls] += 1
-                return await self._serve_stale(req, w, e)
-            self.store.remove(q.key, e)  # expired for good
+        if e is None:  # the usual miss: no clock read needed
+            self.misses += 1
+            return self.answer(req, w, await self.fetch(req, False))
+        now = self.now()
+        ttl = e.remaining(now)
+        if ttl > 0:
+            self.hits[e.cls] += 1
+            e.used = True
+            if self._pf and self._popular(e, now, ttl):
+                self._refresh(e, _copy(req))
+            w.send(policy.render(e, q, self.ttl_for(e, now)), "cache")
+            return wire.NOERROR
+        if self._stale > 0 and -ttl < self._stale:
+            self.hits[e.cls] += 1
+            return await self._serve_stale(req, w, e)
+        self.store.remove(q.key, e)  # expired for good
         self.misses += 1
         return self.answer(req, w, await self.fetch(req, False))
 
@@ -238,24 +264,32 @@ class Cache(Handler):
         return res.rc
 
     async def fetch(self, req: Request, refresh: bool) -> Fetched:
-        """Run the rest of the chain once for this key; concurrent callers share the result."""
+        """Run the rest of the chain once for this key; concurrent callers share the result.
+
+        The first caller runs the exchange; later ones each wait on a future of their own
+        (so the first creates none, and a cancelled waiter disturbs nobody)."""
         key = req.q.key
-        fut = self._inflight.get(key)
-        if fut is not None:
-            return await asyncio.shield(fut)
-        fut = asyncio.get_running_loop().create_future()
-        self._inflight[key] = fut
+        inflight = self._inflight
+        waiters = inflight.get(key)
+        if waiters is not None:
+            fut: asyncio.Future[Fetched] = asyncio.get_running_loop().create_future()
+            waiters.append(fut)
+            return await fut
+        waiters = inflight[key] = []
         res = _FAILED
         try:
             rec = Recorder(req)
-            rc = await self.next_serve(req, rec)
+            nxt = self.next
+            rc = await nxt.serve(req, rec) if nxt is not None else wire.SERVFAIL
             reply = rec.reply if rec.written else None
             entry = self.absorb(req, reply, refresh) if reply is not None else None
             res = Fetched(rc, reply, rec.plugin, entry, req.meta.get("error"))
         finally:
-            if self._inflight.get(key) is fut:
-                del self._inflight[key]
-            fut.set_result(res)
+            if inflight.get(key) is waiters:
+                del inflight[key]
+            for f in waiters:
+                if not f.done():
+                    f.set_result(res)
         return res
 
     # -- storing ----------------------------------------------------------------------------
@@ -303,7 +337,7 @@ class Cache(Handler):
         old = self._index.get(q.key)
         if refresh and kind == SERVFAIL and old is not None:
             return None  # a failed refresh must not hide the answer we have (stale or not)
-        e = policy.make_entry(q, p, ttl, self.now(), self._aa, cfg.prefetch_percentage)
+        e = policy.make_entry(q, p, ttl, self.now(), self._aa)
         if old is not None and refresh:
             e.hits, e.last = old.hits, old.last  # keep the popularity across a prefetch
         return e

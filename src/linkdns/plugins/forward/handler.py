@@ -9,6 +9,11 @@ closed, malformed reply) counts against that upstream and moves on. A UDP reply 
 asked again once over TCP from the same upstream. A reply whose rcode is listed in
 ``failover`` moves on to the next upstream (once through the list; the last such reply is
 answered if none is better). No path retries without bound.
+
+The query path is kept short on purpose (it is the cache-miss path): identical queries in
+flight share one exchange through a plain list of waiter futures (the first query creates no
+future of its own), the usual single-upstream case skips the policy's list building, and UDP
+attempts go straight to the upstream's socket pool.
 """
 
 from __future__ import annotations
@@ -35,6 +40,9 @@ if TYPE_CHECKING:
 
 _perf = time.perf_counter
 Result = tuple[bytes | None, str]  # (reply, error text)
+_CANCELLED: Result = (None, "query cancelled")
+#: the query flags that change what an upstream answers (a shared exchange needs them equal)
+_SHARE_FLAGS = wire.RD | wire.CD | wire.AD
 
 
 class Forward(Handler):
@@ -50,17 +58,29 @@ class Forward(Handler):
         self.health = Health(cfg)
         self.from_wire = wire.text_to_name(cfg.from_zone)
         self.ignored = frozenset(wire.text_to_name(z) for z in cfg.ignored)
+        #: FROM is the root and nothing is excepted: every query matches
+        self._match_all = self.from_wire == b"\x00" and not self.ignored
+        #: the transport every query uses ("" = the client's)
+        self._proto = "tcp" if cfg.force_tcp else "udp" if cfg.prefer_udp else ""
+        #: the one upstream, in a ready-made candidate list (policy order is moot)
+        self._one = self.upstreams[:1] if len(self.upstreams) == 1 else None
         self.opt = wire.make_opt(cfg.bufsize, False) if cfg.bufsize else b""
-        #: identical queries in flight -> the future of the one exchange they share
-        self.inflight: dict[tuple[Any, ...], asyncio.Future[Result]] = {}
+        #: identical queries in flight -> the futures of the queries waiting on the first one
+        self.inflight: dict[tuple[Any, ...], list[asyncio.Future[Result]]] = {}
         self.concurrent = 0
         self._sweeper: asyncio.Task[None] | None = None
+        #: the loop we run on, set by start() (asyncio.get_running_loop() is a call and, on
+        #: CPython 3.11, a getpid() system call each time; None: ask asyncio)
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
         self.health.stopped = False
-        self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+        self.loop = loop = asyncio.get_running_loop()
+        for up in self.upstreams:
+            up.udp.loop = loop
+        self._sweeper = loop.create_task(self._sweep())
 
     async def stop(self) -> None:
         if self._sweeper is not None:
@@ -70,6 +90,8 @@ class Forward(Handler):
         await self.health.stop()
         for up in self.upstreams:
             up.close()
+            up.udp.loop = None
+        self.loop = None
 
     def ready(self) -> bool:
         return bool(self.upstreams)
@@ -85,6 +107,8 @@ class Forward(Handler):
 
     def match(self, q: wire.Query) -> bool:
         """FROM covers the name and no ``except`` zone does (FROM itself always matches)."""
+        if self._match_all:
+            return True
         lname = q.qname_lower
         zone = self.from_wire
         if zone != b"\x00" and lname != zone and not any(
@@ -99,16 +123,38 @@ class Forward(Handler):
 
     async def serve(self, req: Request, w: Writer) -> int:
         q = req.q
-        if not self.match(q):
+        if not self._match_all and not self.match(q):
             return await self.next_serve(req, w)
         cfg = self.cfg
         if cfg.max_concurrent and self.concurrent >= cfg.max_concurrent:
             self.metrics.max_concurrent_rejects.inc()
             req.meta["error"] = f"concurrent queries exceeded maximum {cfg.max_concurrent}"
             return wire.REFUSED
+        proto = self._proto or req.proto
+        # One upstream exchange for a burst of identical queries: the first runs it, the
+        # others wait on a future of their own (cancelling one never disturbs the rest).
+        key = (q.key, q.flags & _SHARE_FLAGS, proto, q.has_opt, q.udp_size)
+        inflight = self.inflight
+        waiters = inflight.get(key)
         self.concurrent += 1
         try:
-            reply, err = await self._shared(q, self._proto(req))
+            if waiters is not None:
+                fut: asyncio.Future[Result] = (
+                    self.loop or asyncio.get_running_loop()).create_future()
+                waiters.append(fut)
+                reply, err = await fut
+            else:
+                waiters = inflight[key] = []
+                res = _CANCELLED
+                try:
+                    res = await self._exchange(q, proto)
+                finally:
+                    if inflight.get(key) is waiters:
+                        del inflight[key]
+                    for f in waiters:
+                        if not f.done():
+                            f.set_result(res)
+                reply, err = res
         finally:
             self.concurrent -= 1
         if reply is None:
@@ -119,30 +165,6 @@ class Forward(Handler):
             return await self.next.serve(req, w)
         w.write(reply, "forward")
         return wire.NOERROR
-
-    def _proto(self, req: Request) -> str:
-        if self.cfg.force_tcp:
-            return "tcp"
-        if self.cfg.prefer_udp:
-            return "udp"
-        return req.proto
-
-    async def _shared(self, q: wire.Query, proto: str) -> Result:
-        """One upstream exchange for a burst of identical queries."""
-        key = (q.key, q.flags & (wire.RD | wire.CD | wire.AD), proto, q.has_opt, q.udp_size)
-        fut = self.inflight.get(key)
-        if fut is not None:
-            return await asyncio.shield(fut)
-        fut = asyncio.get_running_loop().create_future()
-        self.inflight[key] = fut
-        res: Result = (None, "query cancelled")
-        try:
-            res = await self._exchange(q, proto)
-        finally:
-            if self.inflight.get(key) is fut:
-                del self.inflight[key]
-            fut.set_result(res)
-        return res
 
     def prepare(self, q: wire.Query) -> bytes:
         """The query to send: the client's bytes with our EDNS size when ``bufsize`` is set
@@ -162,6 +184,9 @@ class Forward(Handler):
 
     def candidates(self) -> list[Upstream] | None:
         """Upstreams to try, in policy order; None when all are down and we fail fast."""
+        one = self._one
+        if one is not None and not one[0].down():
+            return one
         ups = self.policy.order(self.upstreams)
         live = [u for u in ups if not u.down()]
         if live:
@@ -176,35 +201,48 @@ class Forward(Handler):
         ups = self.candidates()
         if not ups:
             return None, "no healthy proxies"
-        loop = asyncio.get_running_loop()
-        query = self.prepare(q)
+        loop = self.loop or asyncio.get_running_loop()
+        query = q.data if cfg.bufsize is None else self.prepare(q)
         question = Question.of(q)
         n = len(ups)
-        deadline = loop.time() + cfg.query_timeout
+        now = loop.time()
+        deadline = now + cfg.query_timeout
+        read_timeout = cfg.read_timeout
+        udp = proto == "udp"
         err = "no healthy proxies"
         held: bytes | None = None  # a reply we failed over from
         for i in range(cfg.max_connect_attempts or max(n, 2)):
-            remaining = deadline - loop.time()
+            if i:
+                now = loop.time()
+            remaining = deadline - now
             if remaining <= 0:
                 break
             up = ups[i % n]
             t0 = _perf()
             try:
-                reply = await up.exchange(query, question, proto,
-                                          min(cfg.read_timeout, remaining))
-                if reply[2] & 0x02 and proto == "udp" and not up.tls:
-                    # Truncated over UDP: once more over TCP to the same upstream.
-                    remaining = deadline - loop.time()
-                    if remaining > 0:
-                        reply = await up.exchange(query, question, "tcp",
-                                                  min(cfg.read_timeout, remaining))
+                if udp and not up.tls:
+                    pool = up.udp
+                    p = pool.send(query, question, min(read_timeout, remaining))
+                    try:
+                        reply = await p.fut
+                    finally:
+                        pool.done(p)
+                    if reply[2] & 0x02:
+                        # Truncated over UDP: once more over TCP to the same upstream.
+                        remaining = deadline - loop.time()
+                        if remaining > 0:
+                            reply = await up.tcp.exchange(query, question,
+                                                          min(read_timeout, remaining))
+                else:
+                    reply = await up.exchange(query, question, proto,
+                                              min(read_timeout, remaining))
             except UpstreamError as e:
                 err = str(e)
                 self.health.failed(up)
                 continue
             up.fails = 0
             rc = reply[3] & 0x0F
-            up.observe(rc, _perf() - t0)
+            up.stats.observe(rc, _perf() - t0)
             if rc in cfg.failover and i + 1 < n:
                 held = reply
                 continue

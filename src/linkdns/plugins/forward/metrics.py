@@ -1,37 +1,70 @@
 """forward's Prometheus metrics, with CoreDNS's names and labels (plugin/pkg/proxy/metrics.go
-and plugin/forward/metrics.go), built once per registry (through ``site.shared``)."""
+and plugin/forward/metrics.go), built once per registry (through ``site.shared``).
+
+What is counted per query (connection cache hits/misses, request durations) is kept in plain
+integers and bucket arrays (:class:`UpstreamStats`, one per upstream address, shared by every
+forward that names it) and turned into metric families by a custom collector when Prometheus
+scrapes; no prometheus-client call runs per query. The rare events (health check failures,
+all upstreams down, max_concurrent rejects) use prometheus-client counters directly.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from linkdns import wire
+from linkdns.metrics import cumulative
+from linkdns.server.stats import Hist
 
 # plugin.TimeBuckets: prometheus.ExponentialBuckets(0.00025, 2, 16)
 TIME_BUCKETS = tuple(0.00025 * 2**i for i in range(16))
 
+PROXY_NAME = "forward"
 _KEY = "forward.metrics"
 
 
+class UpstreamStats:
+    """Per-query counters of one upstream address (the ``to`` label)."""
+
+    __slots__ = ("conn", "durations")
+
+    def __init__(self) -> None:
+        #: connection cache hits and misses per protocol: proto -> [hits, misses]
+        self.conn: dict[str, list[int]] = {}
+        #: request duration per reply rcode
+        self.durations: dict[int, Hist] = {}
+
+    def conn_for(self, proto: str) -> list[int]:
+        """The [hits, misses] counters of ``proto`` (kept by reference on the query path)."""
+        c = self.conn.get(proto)
+        if c is None:
+            c = self.conn[proto] = [0, 0]
+        return c
+
+    def count_conn(self, hit: bool, proto: str) -> None:
+        self.conn_for(proto)[0 if hit else 1] += 1
+
+    def observe(self, rcode: int, seconds: float) -> None:
+        h = self.durations.get(rcode)
+        if h is None:
+            h = self.durations[rcode] = Hist(TIME_BUCKETS)
+        h.observe(seconds)
+
+
 class ForwardMetrics:
-    """The metric families; upstreams bind their label children once (see Upstream)."""
+    """The metric families; upstreams share one :class:`UpstreamStats` per address."""
 
     def __init__(self, registry: CollectorRegistry | None) -> None:
-        self.request_duration = Histogram(
-            "coredns_proxy_request_duration_seconds", "Histogram of the time each request took.",
-            ["proxy_name", "to", "rcode"], buckets=TIME_BUCKETS, registry=registry)
+        self.upstreams: dict[str, UpstreamStats] = {}
         self.healthcheck_failures = Counter(
             "coredns_proxy_healthcheck_failures_total",
             "Counter of the number of failed healthchecks.", ["proxy_name", "to"],
             registry=registry)
-        self.conn_cache_hits = Counter(
-            "coredns_proxy_conn_cache_hits_total",
-            "Counter of connection cache hits per upstream and protocol.",
-            ["proxy_name", "to", "proto"], registry=registry)
-        self.conn_cache_misses = Counter(
-            "coredns_proxy_conn_cache_misses_total",
-            "Counter of connection cache misses per upstream and protocol.",
-            ["proxy_name", "to", "proto"], registry=registry)
         self.healthcheck_broken = Counter(
             "coredns_forward_healthcheck_broken_total",
             "Counter of the number of complete failures of the healthchecks.",
@@ -40,6 +73,54 @@ class ForwardMetrics:
             "coredns_forward_max_concurrent_rejects_total",
             "Counter of the number of queries rejected because the concurrent queries were "
             "at maximum.", registry=registry)
+        if registry is not None:
+            registry.register(ForwardCollector(self))
+
+    def stats_for(self, addr: str) -> UpstreamStats:
+        s = self.upstreams.get(addr)
+        if s is None:
+            s = self.upstreams[addr] = UpstreamStats()
+        return s
+
+
+class ForwardCollector(Collector):
+    """Reads the per-upstream counters at scrape time."""
+
+    def __init__(self, metrics: ForwardMetrics) -> None:
+        self.metrics = metrics
+
+    def _families(self) -> tuple[HistogramMetricFamily, CounterMetricFamily,
+                                 CounterMetricFamily]:
+        return (
+            HistogramMetricFamily(
+                "coredns_proxy_request_duration_seconds",
+                "Histogram of the time each request took.",
+                labels=["proxy_name", "to", "rcode"]),
+            CounterMetricFamily(
+                "coredns_proxy_conn_cache_hits_total",
+                "Counter of connection cache hits per upstream and protocol.",
+                labels=["proxy_name", "to", "proto"]),
+            CounterMetricFamily(
+                "coredns_proxy_conn_cache_misses_total",
+                "Counter of connection cache misses per upstream and protocol.",
+                labels=["proxy_name", "to", "proto"]),
+        )
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(self._families())
+
+    def collect(self) -> Iterator[Metric]:
+        dur, hits, misses = self._families()
+        for addr, st in sorted(self.metrics.upstreams.items()):
+            for rc, h in sorted(list(st.durations.items())):
+                name = wire.RCODE_NAMES.get(rc, str(rc))
+                dur.add_metric([PROXY_NAME, addr, name], cumulative(h), h.sum)
+            for proto, (h_n, m_n) in sorted(list(st.conn.items())):
+                if h_n:
+                    hits.add_metric([PROXY_NAME, addr, proto], h_n)
+                if m_n:
+                    misses.add_metric([PROXY_NAME, addr, proto], m_n)
+        return iter((dur, hits, misses))
 
 
 def metrics_for(shared: dict[str, Any], registry: CollectorRegistry | None) -> ForwardMetrics:

@@ -11,13 +11,18 @@ new port. Queries on a socket are told apart by a random ID unique among its in-
 queries. Connected sockets make the kernel drop datagrams from any other address or port, and
 report ICMP port-unreachable as an error, so a dead upstream fails fast. Idle sockets are
 closed after ``expire``.
+
+The sockets are plain non-blocking sockets watched with ``loop.add_reader`` rather than
+asyncio datagram endpoints: opening one is synchronous (no endpoint future to wait on, so no
+query ever waits for a socket to open), a send is one ``send`` call, and a reply goes from
+``recv`` to its waiting future with no transport or protocol layer in between.
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from linkdns.errors import UpstreamError
 from linkdns.plugins.forward import transport as tr
@@ -27,72 +32,113 @@ if TYPE_CHECKING:
 
 POOL_SIZE = 4
 MAX_USES = 64
+#: the largest datagram we read (a reply can be as large as the client's EDNS size)
+MAX_DATAGRAM = 65535
+#: datagrams read per readiness callback at most (as libuv), so one busy socket can't starve
+#: the loop; what is left is read on the next iteration (the poll is level-triggered)
+READ_BATCH = 32
 
 
-class UdpSock(asyncio.DatagramProtocol):
-    def __init__(self, pool: UdpPool) -> None:
+class UdpPending(tr.Pending):
+    """An in-flight UDP query: its ID and socket (for the cleanup and the timeout message)."""
+
+    __slots__ = ("qid", "sock")
+
+    def __init__(self, fut: asyncio.Future[bytes], q: tr.Question, sock: UdpSock,
+                 qid: int) -> None:
+        self.fut = fut
+        self.q = q
+        self.timer: asyncio.TimerHandle | None = None
+        self.sock = sock
+        self.qid = qid
+
+    def expire(self) -> None:
+        """The read timeout fired."""
+        self.timer = None
+        if not self.fut.done():
+            s = self.sock
+            self.fut.set_exception(UpstreamError(
+                f"read udp {s.local}->{s.pool.up.addr}: i/o timeout"))
+
+
+class UdpSock:
+    """One connected UDP socket and the queries in flight on it."""
+
+    __slots__ = ("fd", "last", "local", "loop", "pending", "pool", "retired", "sock", "uses")
+
+    def __init__(self, pool: UdpPool, loop: asyncio.AbstractEventLoop) -> None:
+        up = pool.up
         self.pool = pool
-        self.transport: asyncio.DatagramTransport | None = None
-        self.pending: dict[int, tr.Pending] = {}
+        self.loop = loop
+        self.pending: dict[int, UdpPending] = {}
         self.uses = 0
         self.last = 0.0
         self.retired = False
-        self.local = "?"
-        self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    async def open(self) -> None:
-        up = self.pool.up
-        loop = asyncio.get_running_loop()
         sock = socket.socket(up.family, socket.SOCK_DGRAM)
         try:
             sock.setblocking(False)
             sock.connect(up.sockaddr)
-            await loop.create_datagram_endpoint(lambda: self, sock=sock)
+            self.local = _fmt(sock.getsockname())
+            loop.add_reader(sock.fileno(), self._readable)
         except OSError as e:
             sock.close()
-            err = UpstreamError(f"dial udp {up.addr}: {e.strerror or e}")
-            self.opened.set_exception(err)
-            self.opened.exception()  # retrieved: waiters re-raise it
-            raise err from None
-        self.opened.set_result(None)
+            raise UpstreamError(f"dial udp {up.addr}: {e.strerror or e}") from None
+        self.sock: socket.socket | None = sock
+        self.fd = sock.fileno()
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        self.local = tr.sockname(transport)
+    def _readable(self) -> None:
+        for _ in range(READ_BATCH):
+            sock = self.sock
+            if sock is None:
+                return
+            try:
+                data = sock.recv(MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:  # ICMP port unreachable and friends
+                reason = (e.strerror or str(e)).lower()
+                self.fail_all(f"read udp {self.local}->{self.pool.up.addr}: read: {reason}")
+                return
+            self.datagram_received(data)
 
-    def datagram_received(self, data: bytes, addr: Any) -> None:
+    def datagram_received(self, data: bytes) -> None:
         p = self.pending.get((data[0] << 8) | data[1]) if len(data) >= 2 else None
         if p is None:
             if len(data) < 12 or not tr.parses(data):
                 # Junk from the upstream's own address that names no query of ours: the
                 # upstream is broken; fail what waits here rather than run into timeouts.
-                self._fail_all(f"read udp {self.local}->{self.pool.up.addr}: "
+                self.fail_all(f"read udp {self.local}->{self.pool.up.addr}: "
                                "dns: malformed reply")
             return
         st = tr.classify(data, p.q)
         if st == tr.ACCEPT:
-            p.resolve(data)
+            if not p.fut.done():
+                p.fut.set_result(data)
         elif st == tr.MALFORMED:
             p.fail(UpstreamError(f"read udp {self.local}->{self.pool.up.addr}: "
                                  "dns: malformed reply"))
 
-    def error_received(self, exc: Exception) -> None:
-        reason = getattr(exc, "strerror", None) or str(exc)
-        self._fail_all(f"read udp {self.local}->{self.pool.up.addr}: read: {reason.lower()}")
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.retired = True
-        self._fail_all(f"read udp {self.local}->{self.pool.up.addr}: "
-                       "use of closed network connection")
-
-    def _fail_all(self, msg: str) -> None:
+    def fail_all(self, msg: str) -> None:
         self.pool.retire(self)
         for p in list(self.pending.values()):
             p.fail(UpstreamError(msg))
 
     def close(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
+        """Close the socket; queries still waiting on it fail."""
+        sock = self.sock
+        if sock is None:
+            return
+        self.sock = None
+        self.retired = True
+        self.pool.draining.discard(self)
+        try:
+            self.loop.remove_reader(self.fd)
+        except RuntimeError:  # the loop is closed already
+            pass
+        sock.close()
+        for p in list(self.pending.values()):
+            p.fail(UpstreamError(f"read udp {self.local}->{self.pool.up.addr}: "
+                                 "use of closed network connection"))
 
     def __repr__(self) -> str:
         return (f"<UdpSock {self.local}->{self.pool.up.addr} uses={self.uses} "
@@ -103,24 +149,23 @@ class UdpPool:
     def __init__(self, up: Upstream) -> None:
         self.up = up
         self.active: list[UdpSock] = []
+        #: retired sockets still waiting for their last in-flight queries
+        self.draining: set[UdpSock] = set()
         self.rr = 0
+        #: the running loop, set by the forward's start() (None: ask asyncio)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        #: the connection cache [hits, misses] counters of UDP
+        self.conn = up.stats.conn_for("udp")
 
-    async def get(self) -> tuple[UdpSock, bool]:
+    def get(self, loop: asyncio.AbstractEventLoop) -> tuple[UdpSock, bool]:
         """A socket to send on, and whether it was reused (a conn cache hit)."""
-        if len(self.active) < POOL_SIZE:
-            s = UdpSock(self)
-            self.active.append(s)
-            try:
-                await s.open()
-            except UpstreamError:
-                self.retire(s)
-                raise
+        active = self.active
+        if len(active) < POOL_SIZE:
+            s = UdpSock(self, loop)
+            active.append(s)
             return s, False
-        s = self.active[self.rr % len(self.active)]
         self.rr += 1
-        if not s.opened.done():
-            await asyncio.shield(s.opened)
-        return s, True
+        return active[self.rr % POOL_SIZE], True
 
     def retire(self, s: UdpSock) -> None:
         """Stop handing ``s`` out; it closes once its in-flight queries are done."""
@@ -131,41 +176,87 @@ class UdpPool:
             pass
         if not s.pending:
             s.close()
+        elif s.sock is not None:
+            self.draining.add(s)
 
     async def exchange(self, query: bytes, q: tr.Question, timeout: float) -> bytes:
-        loop = asyncio.get_running_loop()
-        s, cached = await self.get()
-        self.up.count_conn(cached, "udp")
-        qid = tr.new_id()
-        while qid in s.pending:
-            qid = tr.new_id()
-        p = tr.Pending(loop.create_future(), q)
-        s.pending[qid] = p
-        s.uses += 1
-        s.last = self.up.now()
-        if s.uses >= MAX_USES:
-            self.retire(s)  # stays open until this query is done
-        t = s.transport
+        """Send ``query`` and wait for its validated reply (or an UpstreamError)."""
+        p = self.send(query, q, timeout)
         try:
-            if t is None or t.is_closing():
-                raise UpstreamError(f"write udp {s.local}->{self.up.addr}: "
-                                    "use of closed network connection")
-            t.sendto(qid.to_bytes(2, "big") + query[2:])
-            tr.arm(loop, p, timeout, lambda: f"read udp {s.local}->{self.up.addr}: i/o timeout")
             return await p.fut
         finally:
-            tr.disarm(p)
-            s.pending.pop(qid, None)
-            if s.retired and not s.pending:
-                s.close()
+            self.done(p)
+
+    def send(self, query: bytes, q: tr.Question, timeout: float) -> UdpPending:
+        """Send ``query`` with a fresh ID on a pool socket; the reply (or the error) resolves
+        ``p.fut``. The caller awaits it and then must call :meth:`done` (in a finally).
+
+        Split so the forward's attempt loop awaits the future itself: one coroutine fewer
+        per miss."""
+        loop = self.loop or asyncio.get_running_loop()
+        up = self.up
+        active = self.active
+        if len(active) < POOL_SIZE:
+            s, cached = self.get(loop)
+        else:
+            self.rr += 1
+            s = active[self.rr % POOL_SIZE]
+            cached = True
+        self.conn[0 if cached else 1] += 1
+        pending = s.pending
+        ids = tr.ids
+        qid = ids.pop() if ids else tr.new_id()
+        while qid in pending:
+            qid = tr.new_id()
+        p = UdpPending(loop.create_future(), q, s, qid)
+        pending[qid] = p
+        s.uses += 1
+        s.last = up.now()
+        if s.uses >= MAX_USES:
+            self.retire(s)  # stays open until this query is done
+        sock = s.sock
+        if sock is None:
+            self.done(p)
+            raise UpstreamError(f"write udp {s.local}->{up.addr}: "
+                                "use of closed network connection")
+        try:
+            sock.send(qid.to_bytes(2, "big") + query[2:])
+        except OSError as e:
+            reason = (e.strerror or str(e)).lower()
+            if isinstance(e, BlockingIOError):
+                self.done(p)
+                raise UpstreamError(f"write udp {s.local}->{up.addr}: {reason}") from None
+            # An error queued by an earlier ICMP message: it concerns the socket (and fails
+            # this query too).
+            s.fail_all(f"read udp {s.local}->{up.addr}: read: {reason}")
+            return p
+        p.timer = loop.call_later(timeout, p.expire)
+        return p
+
+    def done(self, p: UdpPending) -> None:
+        """The query of ``p`` is over (answered, failed or cancelled): forget it."""
+        t = p.timer
+        if t is not None:
+            t.cancel()
+            p.timer = None
+        s = p.sock
+        pending = s.pending
+        pending.pop(p.qid, None)
+        if s.retired and not pending:
+            s.close()
 
     def sweep(self, now: float, expire: float) -> None:
         """Close sockets idle for longer than ``expire``."""
         for s in list(self.active):
-            if not s.pending and s.opened.done() and now - s.last > expire:
+            if not s.pending and now - s.last > expire:
                 self.retire(s)
 
     def close(self) -> None:
-        for s in list(self.active):
+        for s in [*self.active, *self.draining]:
             self.retire(s)
             s.close()
+
+
+def _fmt(name: tuple[str, int] | tuple[str, int, int, int]) -> str:
+    host, port = name[0], name[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

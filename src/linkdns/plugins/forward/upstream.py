@@ -5,16 +5,12 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Callable
-from typing import Any
 
-from linkdns import wire
-from linkdns.plugins.forward.metrics import ForwardMetrics
+from linkdns.plugins.forward.metrics import PROXY_NAME, ForwardMetrics
 from linkdns.plugins.forward.setup import ForwardConfig, UpstreamSpec
 from linkdns.plugins.forward.tcp import TcpPool
 from linkdns.plugins.forward.transport import Question
 from linkdns.plugins.forward.udp import UdpPool
-
-PROXY_NAME = "forward"
 
 
 class Upstream:
@@ -35,12 +31,11 @@ class Upstream:
         self.sockaddr = (spec.host, spec.port)
         #: consecutive failures (exchanges and health probes); reset by any good reply
         self.fails = 0
+        self.metrics = metrics
+        #: per-query counters (plain ints, read at scrape time), shared per address
+        self.stats = metrics.stats_for(self.addr)
         self.udp = UdpPool(self)
         self.tcp = TcpPool(self, cfg.ssl_context if spec.tls else None, cfg.tls_servername)
-        self.metrics = metrics
-        self._hits: dict[str, Any] = {}
-        self._misses: dict[str, Any] = {}
-        self._durations: dict[int, Any] = {}
         self.hc_failures = metrics.healthcheck_failures.labels(PROXY_NAME, self.addr)
 
     def down(self) -> bool:
@@ -55,20 +50,10 @@ class Upstream:
         return await self.udp.exchange(query, q, timeout)
 
     def count_conn(self, hit: bool, proto: str) -> None:
-        cache = self._hits if hit else self._misses
-        c = cache.get(proto)
-        if c is None:
-            fam = self.metrics.conn_cache_hits if hit else self.metrics.conn_cache_misses
-            c = cache[proto] = fam.labels(PROXY_NAME, self.addr, proto)
-        c.inc()
+        self.stats.count_conn(hit, proto)
 
     def observe(self, rcode: int, seconds: float) -> None:
-        h = self._durations.get(rcode)
-        if h is None:
-            name = wire.RCODE_NAMES.get(rcode, str(rcode))
-            h = self._durations[rcode] = self.metrics.request_duration.labels(
-                PROXY_NAME, self.addr, name)
-        h.observe(seconds)
+        self.stats.observe(rcode, seconds)
 
     def sweep(self, now: float) -> None:
         self.udp.sweep(now, self.cfg.expire)
