@@ -101,3 +101,15 @@ def test_error_reply_formerr_without_question() -> None:
     out = wire.error_reply(None, b"\x12\x34\x01\x00" + b"\x00" * 8, wire.FORMERR)
     m = dns.message.from_wire(out)
     assert m.id == 0x1234 and m.rcode() == dns.rcode.FORMERR
+
+
+def test_query_copy_keeps_every_field() -> None:
+    q = dns.message.make_query("Copy.Example.", "AAAA", use_edns=0, payload=1400,
+                               want_dnssec=True)
+    _, s = wire.scan_query(q.to_wire())
+    assert s is not None
+    other = b"\xbe\xef" + s.data[2:]
+    c = s.copy(other)
+    for f in wire.Query.__slots__:
+        want = other if f == "data" else getattr(s, f)
+        assert getattr(c, f) == want, f

@@ -98,10 +98,11 @@ class Query:
         """A new Query with the same scan results (for ``data``, a query that differs only in
         its ID). The hit path lends out memoized Query objects; whoever keeps one copies it."""
         c = Query.__new__(Query)
-        for f in Query.__slots__:
-            setattr(c, f, getattr(self, f))
-        if data is not None:
-            c.data = data
+        c.data = self.data if data is None else data
+        c.cd, c.cookie, c.do, c.edns_version = self.cd, self.cookie, self.do, self.edns_version
+        c.flags, c.has_opt, c.key, c.labels = self.flags, self.has_opt, self.key, self.labels
+        c.q_end, c.qclass, c.qname_end = self.q_end, self.qclass, self.qname_end
+        c.qtype, c.udp_size = self.qtype, self.udp_size
         return c
 
     @property

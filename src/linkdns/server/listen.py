@@ -83,9 +83,10 @@ class Listener:
         self.tcp: asyncio.Server | None = None
         self.tcp_conns: set[TCPProtocol] = set()
         self.accepting = True
+        #: ``dns://ADDR:PORT``, the ``server`` label (set again once the port is bound)
+        self.name = self._name()
 
-    @property
-    def name(self) -> str:
+    def _name(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"dns://{host}:{self.port}"
 
@@ -138,6 +139,7 @@ class Listener:
                     continue  # ephemeral UDP port taken for TCP: pick another
                 raise
             self.port = port
+            self.name = self._name()
             break
         tsock.listen(1024)
         usock.setblocking(False)
@@ -212,34 +214,35 @@ class Listener:
                           reply[3] & 0xF, tcp, _perf() - t0)
         return reply
 
-    def scan(self, data: bytes, peer: Any, tcp: bool) -> tuple[Memo | None, bytes | None]:
-        """:meth:`preflight` through a memo keyed by everything but the ID.
+    def fresh(self, data: bytes, peer: Any, tcp: bool, v6: bool, t0: float
+              ) -> tuple[bytes | bytearray | None, wire.Query | None, Route | None]:
+        """A query whose shape the memo does not know: preflight, then the cache.
 
-        A client asks the same names with the same flags and OPT again and again, and a scan
-        depends only on those bytes, so the memo answers with what was worked out the first
-        time (the Query, its route, the size hooks' result), the Query's ``data`` swapped for
-        this datagram. That Query is borrowed: valid until the caller returns; whoever keeps
-        it (the slow path, a prefetch) copies it."""
-        tail = data[2:]
-        m = self.memo.get(tail)
-        if m is not None:
-            m.q.data = data
-            return m, None
+        Returns ``(reply, None, None)`` when answered here (an error reply or a cache hit),
+        ``(None, None, None)`` when dropped silently, ``(None, q, r)`` for the slow path (the
+        caller owns ``q``). A shape is remembered once it was a cache hit: the memo then
+        answers the next identical datagram (any ID) with the scan worked out here, and
+        misses never pay for it."""
         q, r, err = self.preflight(data, peer, tcp)
         if q is None or r is None:
-            return None, err
-        memo = self.memo
-        if len(memo) >= MEMO_MAX:
-            memo.clear()
-        m = memo[tail] = Memo(q.copy(), r)
-        return m, None
+            return err, None, None
+        if r.site.fast:
+            m = Memo(q, r)
+            reply = self.hit(m, 65535 if tcp else m.udp_size, tcp, v6, t0)
+            if reply is not None:
+                memo = self.memo
+                if len(memo) >= MEMO_MAX:
+                    memo.clear()
+                memo[data[2:]] = m  # q belongs to the memo from now on
+                return reply, None, None
+        return None, q, r
 
-    def slow(self, m: Memo, data: bytes, peer: Any, w_factory: Any, tcp: bool) -> None:
-        q = m.q.copy(data)
-        r = m.route
+    def slow(self, q: wire.Query, r: Route, peer: Any, w_factory: Any, tcp: bool,
+             v6: bool) -> None:
+        """Run the chain for ``q`` (owned by the caller: not a memoized Query) in a task."""
         req = Request(q, peer, "tcp" if tcp else "udp", self.name, r.zone)
         w: Writer = w_factory(req)
-        r.stats.count_request(q.qtype, tcp, req.family == 2, q.do, len(q.data))
+        r.stats.count_request(q.qtype, tcp, v6, q.do, len(q.data))
         self.server.spawn(self.server.handle(r, req, w))
 
 
@@ -256,32 +259,32 @@ class UDPProtocol(asyncio.DatagramProtocol):
         ln = self.listener
         # The hit path, inlined: memo lookup, cache hit, sendto, count. Nothing else.
         m = ln.memo.get(data[2:])
-        if m is not None and m.cache is not None and ln.accepting:
+        if m is not None and ln.accepting:
             q = m.q
             q.data = data
-            reply = m.cache.hit(q, m.udp_size)
-            if reply is not None:
-                for h in m.rewrites:
-                    h.hit_rewrite(reply)
-                self.transport.sendto(reply, addr)  # type: ignore[union-attr]
-                m.stats.count_hit(m.rkey | (len(addr) > 2), m.do, m.qbucket, m.qsize,
-                                  len(reply), reply[3] & 0xF, False, _perf() - t0)
-                return
-        if not ln.accepting:
-            ln.dropped(data, None, False, len(addr) > 2)
+            if m.cache is not None:
+                reply = m.cache.hit(q, m.udp_size)
+                if reply is not None:
+                    for h in m.rewrites:
+                        h.hit_rewrite(reply)
+                    self.transport.sendto(reply, addr)  # type: ignore[union-attr]
+                    m.stats.count_hit(m.rkey | (len(addr) > 2), m.do, m.qbucket, m.qsize,
+                                      len(reply), reply[3] & 0xF, False, _perf() - t0)
+                    return
+            transport = self.transport
+            ln.slow(q.copy(data), m.route, addr, lambda req: UDPWriter(req, transport),  # type: ignore[arg-type]
+                    False, len(addr) > 2)
             return
-        if m is None:
-            m, err = ln.scan(data, addr, False)
-            if m is None:
-                if err is not None:
-                    self.transport.sendto(err, addr)  # type: ignore[union-attr]
-                return
-            reply = ln.hit(m, m.udp_size, False, len(addr) > 2, t0)
-            if reply is not None:
-                self.transport.sendto(reply, addr)  # type: ignore[union-attr]
-                return
-        transport = self.transport
-        ln.slow(m, data, addr, lambda req: UDPWriter(req, transport), False)  # type: ignore[arg-type]
+        v6 = len(addr) > 2
+        if not ln.accepting:
+            ln.dropped(data, None, False, v6)
+            return
+        out, fq, r = ln.fresh(data, addr, False, v6, t0)
+        if out is not None:
+            self.transport.sendto(out, addr)  # type: ignore[union-attr]
+        elif fq is not None and r is not None:
+            transport = self.transport
+            ln.slow(fq, r, addr, lambda req: UDPWriter(req, transport), False, v6)  # type: ignore[arg-type]
 
     def error_received(self, exc: Exception) -> None:
         log.debug("udp error: %s", exc)
@@ -339,24 +342,32 @@ class TCPProtocol(asyncio.Protocol):
         ln = self.listener
         tr = self.transport
         assert tr is not None
-        m, err = ln.scan(data, self.peer, True)
-        if m is None:
-            if err is not None:
-                tr.write(len(err).to_bytes(2, "big") + err)
-            return
-        reply = ln.hit(m, 65535, True, len(self.peer) > 2, t0)
+        v6 = len(self.peer) > 2
+        reply: bytes | bytearray | None
+        m = ln.memo.get(data[2:])
+        if m is not None:
+            m.q.data = data
+            reply = ln.hit(m, 65535, True, v6, t0)
+            q, r = m.q.copy(data), m.route
+        else:
+            reply, fq, fr = ln.fresh(data, self.peer, True, v6, t0)
+            if fq is None or fr is None:
+                if reply is not None:
+                    tr.write(len(reply).to_bytes(2, "big") + reply)
+                return
+            q, r = fq, fr
         if reply is not None:
             tr.write(len(reply).to_bytes(2, "big") + reply)
             return
         if self.pending >= TCP_MAX_PENDING:
             # Too many pipelined queries in flight on this connection: refuse this one (the
             # ones in flight still get their answers), counted under the dropped zone.
-            err = wire.error_reply(m.q, data, wire.REFUSED)
+            err = wire.error_reply(q, data, wire.REFUSED)
             tr.write(len(err).to_bytes(2, "big") + err)
-            ln.dropped(data, m.q, True, len(self.peer) > 2, err, wire.REFUSED)
+            ln.dropped(data, q, True, v6, err, wire.REFUSED)
             return
         self.pending += 1
-        ln.slow(m, data, self.peer, lambda req: _TCPDone(req, tr, self), True)
+        ln.slow(q, r, self.peer, lambda req: _TCPDone(req, tr, self), True, v6)
 
 
 class _TCPDone(TCPWriter):
