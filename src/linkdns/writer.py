@@ -9,8 +9,16 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from linkdns import message, wire
+from linkdns import wire
 from linkdns.request import Request
+
+
+def _truncate(out: bytes, size: int) -> bytes:
+    """message.truncate, imported on first use: dnslib stays out of memory until a reply
+    is too big for a UDP client (about 1 MiB of RSS saved on a node that never truncates)."""
+    from linkdns import message
+
+    return message.truncate(out, size)
 
 
 class Writer:
@@ -36,7 +44,7 @@ class Writer:
         req = self.req
         n = len(out)
         if n > req.q.udp_size and req.proto == "udp":
-            out = message.truncate(out, req.q.udp_size)
+            out = _truncate(out, req.q.udp_size)
             n = len(out)
         self.written = True
         if n > 3:
