@@ -42,11 +42,15 @@ class Writer:
     def send(self, out: bytes, plugin: str = "") -> None:
         """Send bytes that already fit the client (ID, question, OPT), truncating on UDP."""
         req = self.req
-        n = len(out)
-        if n > req.q.udp_size and req.proto == "udp":
+        if len(out) > req.q.udp_size and req.proto == "udp":
             out = _truncate(out, req.q.udp_size)
-            n = len(out)
+        self._record(out, plugin)
+        self._emit(out)
+
+    def _record(self, out: bytes, plugin: str) -> None:
+        """Note what was answered (rcode, flags, size, plugin) for metrics and log."""
         self.written = True
+        n = len(out)
         if n > 3:
             self.rcode = out[3] & 0x0F
             self.flags = (out[2] << 8) | out[3]
@@ -55,7 +59,6 @@ class Writer:
             self.flags = 0
         self.size = n
         self.plugin = plugin
-        self._emit(out)
 
     def _emit(self, out: bytes) -> None:
         raise NotImplementedError
@@ -65,13 +68,7 @@ class UDPWriter(Writer):
     __slots__ = ("transport",)
 
     def __init__(self, req: Request, transport: asyncio.DatagramTransport) -> None:
-        # Writer.__init__ inlined: one of these is made per query that misses the cache.
-        self.req = req
-        self.rcode = -1
-        self.size = 0
-        self.written = False
-        self.plugin = ""
-        self.flags = 0
+        super().__init__(req)
         self.transport = transport
 
     def _emit(self, out: bytes) -> None:
@@ -126,13 +123,7 @@ class Recorder(Writer):
     __slots__ = ("reply",)
 
     def __init__(self, req: Request) -> None:
-        # Writer.__init__ inlined: the cache makes one of these per miss.
-        self.req = req
-        self.rcode = -1
-        self.size = 0
-        self.written = False
-        self.plugin = ""
-        self.flags = 0
+        super().__init__(req)
         self.reply: bytes | None = None
 
     def write(self, reply: bytes, plugin: str = "") -> None:
@@ -142,16 +133,7 @@ class Recorder(Writer):
     def send(self, out: bytes, plugin: str = "") -> None:
         if self.reply is None:
             self.reply = out
-        self.written = True
-        n = len(out)
-        if n > 3:
-            self.rcode = out[3] & 0x0F
-            self.flags = (out[2] << 8) | out[3]
-        else:
-            self.rcode = -1
-            self.flags = 0
-        self.size = n
-        self.plugin = plugin
+        self._record(out, plugin)
 
     def _emit(self, out: bytes) -> None:
         return None
