@@ -90,6 +90,7 @@ class Forward(Handler):
         await self.health.stop()
         for up in self.upstreams:
             up.close()
+            await up.tcp.wait_closed()
             up.udp.loop = None
         self.loop = None
 

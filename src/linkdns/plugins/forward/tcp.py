@@ -34,6 +34,9 @@ class TcpConn(asyncio.Protocol):
         self.closed = False
         self.created = self.last = pool.up.now()
         self.local = "?"
+        #: set once the transport is gone (a TLS close takes a few loop turns)
+        self.gone = asyncio.Event()
+        pool.live.add(self)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -66,6 +69,8 @@ class TcpConn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.gone.set()
+        self.pool.live.discard(self)
         p = self.pending
         if p is not None:
             why = "EOF" if exc is None else (getattr(exc, "strerror", None) or str(exc)).lower()
@@ -87,6 +92,8 @@ class TcpPool:
         self.server_name = server_name or up.host.partition("%")[0]
         self.proto = "tcp-tls" if tls is not None else "tcp"
         self.idle: deque[TcpConn] = deque()
+        #: every connection not yet lost (idle or busy), so stop can wait for their closes
+        self.live: set[TcpConn] = set()
         self.avg_dial = up.cfg.max_dial_timeout / 2
 
     def _fresh(self, c: TcpConn, now: float) -> bool:
@@ -195,3 +202,14 @@ class TcpPool:
     def close(self) -> None:
         while self.idle:
             self.idle.popleft().close()
+
+    async def wait_closed(self, timeout: float = 1.0) -> None:
+        """Close every connection and wait (bounded) until their transports are gone."""
+        conns = [c for c in self.live if c.transport is not None]
+        for c in conns:
+            c.close()
+        if conns:
+            waits = [asyncio.ensure_future(c.gone.wait()) for c in conns]
+            _, late = await asyncio.wait(waits, timeout=timeout)
+            for t in late:
+                t.cancel()
