@@ -3,8 +3,6 @@ client's reply size)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import dns.flags
 import dns.message
 import dns.rcode
@@ -17,12 +15,6 @@ from linkdns.config import build_sites
 from linkdns.corefile import parse_corefile
 from linkdns.errors import ConfigError
 from linkdns.plugins import bufsize
-
-
-@pytest.fixture
-def up() -> Iterator[FakeUpstream]:
-    with FakeUpstream() as server:
-        yield server
 
 
 def scanned(**kw: object) -> wire.Query:

@@ -23,12 +23,6 @@ from harness import Running
 ZONES = "."
 
 
-@pytest.fixture
-def up() -> Iterator[FakeUpstream]:
-    with FakeUpstream() as u:
-        yield u
-
-
 @contextmanager
 def cache_server(up: FakeUpstream, cache: str = "cache", *, before: str = "",
                  forward: str = "") -> Iterator[Running]:

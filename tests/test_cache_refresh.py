@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Iterator
 
 import dns.message
 import dns.rcode
@@ -16,12 +15,6 @@ from test_cache import cache_server, metric, ttls
 
 from linkdns.plugins.cache import Cache
 from linkdns.plugins.cache import handler as cache_handler
-
-
-@pytest.fixture
-def up() -> Iterator[FakeUpstream]:
-    with FakeUpstream() as u:
-        yield u
 
 
 def settle(srv: Running) -> None:

@@ -6,7 +6,6 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator
 
 import dns.asyncquery
 import dns.exception
@@ -39,12 +38,6 @@ from fakeupstream import (
 )
 
 T = 0.5  # client timeout for answers that must arrive
-
-
-@pytest.fixture
-def up() -> Iterator[FakeUpstream]:
-    with FakeUpstream() as server:
-        yield server
 
 
 def q(name: str = "www.example.org.", rdtype: str = "A", **kw: object) -> dns.message.Message:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -85,18 +85,6 @@ def wait_until(cond: Callable[[], bool], timeout: float = 3.0, what: str = "cond
 def sample(srv: Running, name: str, **labels: str) -> float:
     v = srv.registry.get_sample_value(name, labels)
     return 0.0 if v is None else v
-
-
-@pytest.fixture
-def up() -> Iterator[FakeUpstream]:
-    with FakeUpstream() as server:
-        yield server
-
-
-@pytest.fixture
-def up2() -> Iterator[FakeUpstream]:
-    with FakeUpstream() as server:
-        yield server
 
 
 BIG = "big.test."  # 40 A records, names uncompressed: 1 KB+ (over 512, under 1232)

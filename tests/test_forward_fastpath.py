@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Iterator
 from typing import Any
 
 import dns.message
@@ -23,12 +22,6 @@ from linkdns.plugins.forward import udp as fwd_udp
 from linkdns.plugins.forward.transport import Question, parses
 from linkdns.request import Request
 from linkdns.writer import Recorder
-
-
-@pytest.fixture
-def up() -> Iterator[FakeUpstream]:
-    with FakeUpstream() as server:
-        yield server
 
 
 def walks(data: bytes) -> bool:

@@ -5,27 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 
 import dns.rcode
-import pytest
 from fakeupstream import Drop, FakeUpstream, Reply, a_records
 from harness import Running, query
 from test_forward import asked, corefile, forwards, parallel, sample, wait_until
 
 HC = "policy sequential\nmax_fails 1\nhealth_check 50ms\nread_timeout 200ms"
-
-
-@pytest.fixture
-def up() -> Iterator[FakeUpstream]:
-    with FakeUpstream() as server:
-        yield server
-
-
-@pytest.fixture
-def up2() -> Iterator[FakeUpstream]:
-    with FakeUpstream() as server:
-        yield server
 
 
 def test_health_checks_mark_down_and_back_up(up: FakeUpstream, up2: FakeUpstream) -> None:

@@ -4,7 +4,6 @@ failing over from dead upstreams."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import dns.rcode
@@ -14,18 +13,6 @@ from harness import Running
 from test_forward import asked, corefile, dead_port, forwards
 
 QUICK = "read_timeout 300ms"
-
-
-@pytest.fixture
-def up() -> Iterator[FakeUpstream]:
-    with FakeUpstream() as server:
-        yield server
-
-
-@pytest.fixture
-def up2() -> Iterator[FakeUpstream]:
-    with FakeUpstream() as server:
-        yield server
 
 
 def two_lines(first: str, second: str) -> str:
