@@ -8,6 +8,8 @@ from typing import Any
 from linkdns import wire
 from linkdns.wire import Query
 
+_perf = time.perf_counter
+
 
 class Request:
     """A scanned query plus where it came from. Cheap to make: fields decode lazily."""
@@ -20,7 +22,7 @@ class Request:
         self.proto = proto  # "udp" | "tcp"
         self.server = server  # "dns://ADDR:PORT"
         self.zone = zone  # matched zone, e.g. "example.org."
-        self.start = time.perf_counter()
+        self.start = _perf()
         self.meta: dict[str, Any] = {}
 
     @property

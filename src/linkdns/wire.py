@@ -301,19 +301,23 @@ def walk(buf: bytes | bytearray) -> tuple[int, list[RR]]:
     """Return (end of question section, every RR in order). Raises WireError if malformed."""
     if len(buf) < HEADER_LEN:
         raise WireError("message shorter than a header")
-    qd, an, ns, ar = header_counts(buf)
+    _, _, qd, an, ns, ar = _HEADER.unpack_from(buf, 0)
     off = HEADER_LEN
     for _ in range(qd):
         off = skip_name(buf, off) + 4
-    if off > len(buf):
+    n = len(buf)
+    if off > n:
         raise WireError("question runs past the end")
     q_end = off
     rrs: list[RR] = []
-    n = len(buf)
     for section, count in ((0, an), (1, ns), (2, ar)):
         for _ in range(count):
             start = off
-            off = skip_name(buf, off)
+            # The usual owner name is one compression pointer: skip it without a call.
+            if off + 2 <= n and buf[off] >= 0xC0:
+                off += 2
+            else:
+                off = skip_name(buf, off)
             if off + 10 > n:
                 raise WireError("record header runs past the end")
             rtype, rclass, ttl, rdlen = _RR_FIXED.unpack_from(buf, off)

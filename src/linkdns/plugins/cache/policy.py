@@ -12,7 +12,7 @@ import struct
 from linkdns import wire
 from linkdns.errors import WireError
 from linkdns.plugins.cache.store import DENIAL, SERVFAIL, SUCCESS, Entry
-from linkdns.wire import Query
+from linkdns.wire import Query, reply_opt
 
 DEFAULT_TTL = 5  # CoreDNS MinimalDefaultTTL: a reply without records
 _U16 = struct.Struct(">H")
@@ -46,7 +46,7 @@ def min_ttl(rrs: list[wire.RR]) -> int:
     """The lowest TTL of all records (the OPT was stripped already); 5 s if there are none."""
     if not rrs:
         return DEFAULT_TTL
-    return min(r.ttl for r in rrs)
+    return min([r.ttl for r in rrs])
 
 
 class Parsed:
@@ -69,8 +69,9 @@ def parse_reply(q: Query, reply: bytes) -> Parsed | None:
     except WireError:
         return None
     opts = [r for r in all_rrs if r.rtype == wire.T_OPT and r.section == 2]
-    if any(r.ttl >> 24 for r in opts):
-        return None  # extended rcode (BADVERS, BADCOOKIE...): not a cacheable answer
+    for r in opts:
+        if r.ttl >> 24:
+            return None  # extended rcode (BADVERS, BADCOOKIE...): not a cacheable answer
     body, rrs = reply, all_rrs
     if len(opts) == 1 and opts[0] is all_rrs[-1]:  # the usual place: drop the tail
         ar = ((reply[10] << 8) | reply[11]) - 1
@@ -91,7 +92,7 @@ def make_entry(q: Query, p: Parsed, ttl: int, now: float, aa_policy: str) -> Ent
     upstream_aa = bool(p.body[2] & 0x04)
     aa = upstream_aa if aa_policy == "keep" else aa_policy == "set"
     ad = bool(p.body[3] & 0x20)
-    return Entry(p.body, tuple(r.ttl_offset for r in p.rrs), now, ttl, p.kind, aa, ad,
+    return Entry(p.body, tuple([r.rdata - 6 for r in p.rrs]), now, ttl, p.kind, aa, ad,
                  q.cd, q.do)
 
 
@@ -114,6 +115,59 @@ def render(e: Entry, q: Query, ttl: int) -> bytes:
     counts = bytes(e.head.plain[2:])  # QD, AN, NS, AR (without OPT)
     question = q.key[: q.q_end - wire.HEADER_LEN]
     return wire.finish_reply(q, _U16.pack(0) + _U16.pack(flags) + counts + question + rest)
+
+
+#: the OPT of a reply without a cookie, by the client's UDP size (without / with DO)
+OPT_MEMO: dict[int, bytes] = {}
+OPT_MEMO_DO: dict[int, bytes] = {}
+
+
+def memo_opt(q: Query) -> bytes:
+    opt = reply_opt(q)
+    memo = OPT_MEMO_DO if q.do else OPT_MEMO
+    if len(memo) < 256:
+        memo[q.udp_size] = opt
+    return opt
+
+
+def assemble(e: Entry, q: Query, opt: bytes) -> bytearray:
+    """The reply to ``q`` from ``e``'s template (its TTLs as they are now) and ``opt``.
+
+    The first answer to a miss is built the way ``Cache.hit`` builds a hit (which inlines
+    this body): the client's datagram up to the end of its question (its ID and letter
+    case), the entry's header bytes and records, the OPT (``b""`` for a client without
+    EDNS), RD/AD patched for this client. ``render`` is the independent reference."""
+    h = e.head
+    data = q.data
+    qe = q.q_end
+    buf = bytearray(data)
+    if opt:
+        del buf[qe:]
+        buf[2:12] = h.edns
+        buf += e.rest
+        buf += opt
+    else:
+        if len(buf) != qe:  # an additional record that is not an OPT
+            del buf[qe:]
+        buf[2:12] = h.plain
+        buf += e.rest
+    if not data[2] & 0x01:  # the client did not set RD
+        buf[2] &= 0xFE
+    if data[3] & 0x20 and h.ad:  # the client set AD and the upstream did
+        buf[3] |= 0x20
+    return buf
+
+
+def client_opt(q: Query) -> bytes:
+    """The OPT a reply to ``q`` carries (``b""`` without EDNS), memoized without a cookie."""
+    if not q.has_opt:
+        return b""
+    if q.cookie:
+        return reply_opt(q)
+    try:
+        return (OPT_MEMO_DO if q.do else OPT_MEMO)[q.udp_size]
+    except KeyError:
+        return memo_opt(q)
 
 
 def passthrough(reply: bytes, q: Query, aa_policy: str) -> bytes:
