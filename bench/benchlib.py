@@ -276,6 +276,19 @@ class ProcessRegistry:
         return [p.pid for p in self.procs if group_exists(p.pid)]
 
 
+def clean_up(registry: ProcessRegistry, workdir: Path | str, keep: bool) -> None:
+    """End of a run, whatever happened: stop every process group, keep or remove the work dir."""
+    quiet_signals_for_cleanup()
+    registry.stop_all()
+    left = registry.leftovers()
+    if left:
+        log(f"WARNING: process groups still alive: {left}")
+    if keep:
+        log(f"work dir kept: {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def group_exists(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import shutil
 import sys
 import tempfile
 import time
@@ -300,14 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         rc = 1
     finally:
-        bl.quiet_signals_for_cleanup()
-        registry.stop_all()
-        if registry.leftovers():
-            bl.log(f"WARNING: process groups still alive: {registry.leftovers()}")
-        if a.keep_workdir or rc not in (0, 130):
-            bl.log(f"work dir kept: {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        bl.clean_up(registry, workdir, keep=a.keep_workdir or rc not in (0, 130))
     if results["servers"]:
         md = render(results)
         (out_dir / "memory.json").write_text(json.dumps(results, indent=2, default=str))

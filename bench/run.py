@@ -17,7 +17,6 @@ import json
 import os
 import platform
 import random
-import shutil
 import statistics
 import sys
 import tempfile
@@ -844,15 +843,7 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         rc = 1
     finally:
-        bl.quiet_signals_for_cleanup()
-        registry.stop_all()
-        left = registry.leftovers()
-        if left:
-            bl.log(f"WARNING: process groups still alive: {left}")
-        if a.keep_workdir or rc not in (0, 130):
-            bl.log(f"work dir kept: {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        bl.clean_up(registry, workdir, keep=a.keep_workdir or rc not in (0, 130))
     if results.get("scenarios"):
         md = render_markdown(results)
         (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
