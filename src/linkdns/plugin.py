@@ -12,7 +12,7 @@ object that is not a handler: it only hooks start-up and shut-down.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -150,5 +150,3 @@ def no_block(d: Directive) -> None:
     if d.block:
         raise err(d, f"'{d.name}' takes no block")
 
-
-StartStop = Callable[[], Awaitable[None]]

@@ -59,7 +59,6 @@ C_IN: Final = 1
 OPT_COOKIE: Final = 10
 
 _U16 = struct.Struct(">H")
-_U32 = struct.Struct(">I")
 _RR_FIXED = struct.Struct(">HHIH")  # type, class, ttl, rdlength
 _HEADER = struct.Struct(">HHHHHH")
 
@@ -127,10 +126,6 @@ class Query:
         """Lowercase dotted FQDN (``example.org.``, ``.`` for the root)."""
         return name_to_text(self.qname_lower)
 
-    @property
-    def client_size(self) -> int:
-        """Largest UDP reply the client takes: 512 without EDNS, else its size (>= 512)."""
-        return self.udp_size
 
 
 def scan_query(data: bytes) -> tuple[int, Query | None]:
@@ -242,34 +237,6 @@ def skip_name(buf: bytes | bytearray, off: int) -> int:
         off += ln + 1
 
 
-def read_name(buf: bytes | bytearray, off: int) -> bytes:
-    """The uncompressed wire form of the name at ``off`` (follows pointers, bounded)."""
-    out = bytearray()
-    hops = 0
-    n = len(buf)
-    while True:
-        if off >= n:
-            raise WireError("name runs past the end of the message")
-        ln = buf[off]
-        if ln == 0:
-            out.append(0)
-            if len(out) > 255:
-                raise WireError("name longer than 255 octets")
-            return bytes(out)
-        if ln & 0xC0 == 0xC0:
-            if off + 2 > n:
-                raise WireError("truncated compression pointer")
-            hops += 1
-            if hops > 64:
-                raise WireError("compression pointer loop")
-            off = ((ln & 0x3F) << 8) | buf[off + 1]
-            continue
-        if ln & 0xC0:
-            raise WireError("bad label type")
-        out += buf[off : off + ln + 1]
-        off += ln + 1
-
-
 class RR:
     """Where one resource record sits in a message."""
 
@@ -333,10 +300,6 @@ def walk(buf: bytes | bytearray) -> tuple[int, list[RR]]:
 
 def rcode(buf: bytes | bytearray) -> int:
     return buf[3] & 0x0F
-
-
-def set_id(buf: bytes, qid: bytes) -> bytes:
-    return qid + buf[2:]
 
 
 def make_opt(udp_size: int, do: bool, options: bytes = b"", ext_rcode: int = 0) -> bytes:
