@@ -7,6 +7,8 @@ dnspython's blocking client and the FakeUpstream (its own thread) side by side.
 from __future__ import annotations
 
 import asyncio
+import random
+import socket
 import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -22,6 +24,31 @@ from linkdns.corefile import parse_corefile
 from linkdns.server.core import Server
 
 T = TypeVar("T")
+
+_taken: set[int] = set()
+
+
+def free_port() -> int:
+    """A loopback port free for both UDP and TCP, for a daemon started in a subprocess.
+
+    Picked below the kernel's ephemeral range (32768+), so no socket bound to port 0 -- a test
+    client, an upstream pool's random source port -- can take it between this check and the
+    daemon's bind; never the same port twice in one test run.
+    """
+    for _ in range(1000):
+        port = random.randint(20000, 32000)
+        if port in _taken:
+            continue
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u, \
+                    socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+                u.bind(("127.0.0.1", port))
+                t.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        _taken.add(port)
+        return port
+    raise RuntimeError("no free loopback port in 20000-32000")
 
 
 class Running:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import dns.rcode
 import pytest
-from harness import query
+from harness import free_port, query
 
 PY = sys.executable
 
@@ -19,12 +18,6 @@ PY = sys.executable
 def run(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
     return subprocess.run([PY, "-m", "linkdns", *args], capture_output=True, text=True,
                           timeout=timeout)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_version() -> None:
@@ -125,18 +118,23 @@ def test_sigint_also_stops(tmp_path: Path) -> None:
     conf.write_text(f".:{port} {{\n  bind 127.0.0.1\n  errors\n}}\n")
     p = subprocess.Popen([PY, "-m", "linkdns", "-conf", str(conf)], stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, text=True)
+    answered = False
+    out = ""
     try:
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and p.poll() is None:
             try:
                 query(port, "example.org.", "A", timeout=0.3)
+                answered = True
                 break
             except Exception:
                 time.sleep(0.05)
         p.send_signal(signal.SIGINT)
-        p.communicate(timeout=10)
+        out, _ = p.communicate(timeout=10)
     finally:
         if p.poll() is None:
             p.kill()
             p.wait()
-    assert p.returncode == 0
+    assert answered, out
+    assert p.returncode == 0, out
+    assert "shutting down" in out

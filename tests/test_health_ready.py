@@ -17,7 +17,7 @@ import dns.asyncquery
 import dns.message
 import dns.rcode
 import pytest
-from harness import Running, http_get, query, setup_plugin
+from harness import Running, free_port, http_get, query, setup_plugin
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -279,12 +279,6 @@ async def test_without_lameduck_stop_does_not_wait() -> None:
 # -- the real daemon and SIGTERM -------------------------------------------------------------
 
 
-def free_port(kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def lines(proc: subprocess.Popen[str]) -> tuple[queue.Queue[str], threading.Thread]:
     """The daemon's output lines as they come (a thread reads them until EOF)."""
     q: queue.Queue[str] = queue.Queue()
@@ -309,7 +303,7 @@ def wait_line(q: queue.Queue[str], text: str, timeout: float = 10.0) -> str:
 
 @pytest.fixture
 def daemon(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], queue.Queue[str], dict[str, int]]]:
-    ports = {"dns": free_port(socket.SOCK_DGRAM), "health": free_port(), "ready": free_port()}
+    ports = {"dns": free_port(), "health": free_port(), "ready": free_port()}
     conf = tmp_path / "Corefile"
     conf.write_text(f"""
 example.org:{ports["dns"]} {{

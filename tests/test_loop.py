@@ -10,8 +10,7 @@ from pathlib import Path
 import dns.rcode
 import pytest
 from fakeupstream import FakeUpstream
-from harness import Running
-from test_cli import free_port
+from harness import Running, free_port
 
 from linkdns.config import build_sites
 from linkdns.corefile import parse_corefile

@@ -9,9 +9,8 @@ import time
 from pathlib import Path
 
 import dns.rcode
-from harness import http_get, query
+from harness import free_port, http_get, query
 from prometheus_client.parser import text_string_to_metric_families
-from test_cli import free_port
 
 from linkdns import workers
 
