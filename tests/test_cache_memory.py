@@ -90,7 +90,7 @@ def test_entry_owns_one_bytes_object_and_shares_the_rest() -> None:
     e1, e2 = (c.store.get(scan(qw).key) for qw, _ in pairs)
     assert e1 is not None and e2 is not None
     assert not hasattr(e1, "__dict__")
-    assert sys.getsizeof(e1) <= 112  # 10 slots: header + GC header + 80
+    assert sys.getsizeof(e1) <= 96  # 8 slots: header + GC header + 64 (no prefetch fields)
     # the same reply shape: one header object, one offsets tuple, one TTL int (3600 > 256)
     assert e1.head is e2.head
     assert e1.offsets is e2.offsets

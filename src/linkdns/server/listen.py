@@ -31,6 +31,10 @@ TCP_IDLE_TIMEOUT = 10.0  # seconds a TCP connection may sit idle (CoreDNS: 10s r
 TCP_MAX_CONNECTIONS = 1000
 TCP_MAX_PENDING = 100  # pipelined queries in flight per connection
 MEMO_MAX = 8192  # scanned queries remembered per listener (cleared when full)
+#: the "hit once already" filter in front of the memo (see Listener.fresh): its size in bits,
+#: and how many shapes it takes in before it starts afresh (false positives stay under 2%)
+SEEN_BITS = 1 << 20
+SEEN_MAX = 16384
 
 
 class Route:
@@ -78,6 +82,9 @@ class Listener:
         self.routes: dict[bytes, Route] = {}
         #: scan memo: datagram minus ID -> (Query, Route); see scan()
         self.memo: dict[bytes, Memo] = {}
+        #: shapes that were a cache hit once, a bit per hash (memoized on their second hit)
+        self.seen = bytearray(SEEN_BITS >> 3)
+        self.seen_count = 0
         self.root: Route | None = None
         self.udp: asyncio.DatagramTransport | None = None
         self.tcp: asyncio.Server | None = None
@@ -99,7 +106,13 @@ class Listener:
                 routes[wire.text_to_name(zone)] = Route(site, zone, zs)
         self.routes = routes
         self.root = routes.get(b"\x00")
+        self.forget()
+
+    def forget(self) -> None:
+        """Drop the memo and the filter in front of it."""
         self.memo.clear()
+        self.seen = bytearray(SEEN_BITS >> 3)
+        self.seen_count = 0
 
     def route(self, q: wire.Query) -> Route | None:
         """Longest matching zone for the query's name."""
@@ -220,9 +233,12 @@ class Listener:
 
         Returns ``(reply, None, None)`` when answered here (an error reply or a cache hit),
         ``(None, None, None)`` when dropped silently, ``(None, q, r)`` for the slow path (the
-        caller owns ``q``). A shape is remembered once it was a cache hit: the memo then
-        answers the next identical datagram (any ID) with the scan worked out here, and
-        misses never pay for it."""
+        caller owns ``q``). A shape is remembered once it was a cache hit twice: the memo
+        then answers the next identical datagram (any ID) with the scan worked out here.
+        Misses never pay for it, and neither do names asked once (an ``ndots`` search
+        storm, a one-off lookup): the first hit only sets a bit in ``seen``, a filter of
+        shape hashes that starts afresh every SEEN_MAX shapes, so a shape is memoized when
+        it is hit twice within that window (a collision only memoizes a shape early)."""
         q, r, err = self.preflight(data, peer, tcp)
         if q is None or r is None:
             return err, None, None
@@ -230,10 +246,20 @@ class Listener:
             m = Memo(q, r)
             reply = self.hit(m, 65535 if tcp else m.udp_size, tcp, v6, t0)
             if reply is not None:
-                memo = self.memo
-                if len(memo) >= MEMO_MAX:
-                    memo.clear()
-                memo[data[2:]] = m  # q belongs to the memo from now on
+                shape = data[2:]
+                h = hash(shape) & (SEEN_BITS - 1)
+                byte, bit = h >> 3, 1 << (h & 7)
+                seen = self.seen
+                if not seen[byte] & bit:
+                    self.seen_count += 1
+                    if self.seen_count > SEEN_MAX:
+                        self.seen = seen = bytearray(SEEN_BITS >> 3)
+                        self.seen_count = 1
+                    seen[byte] |= bit
+                    return reply, None, None
+                if len(self.memo) >= MEMO_MAX:
+                    self.forget()
+                self.memo[shape] = m  # q belongs to the memo from now on
                 return reply, None, None
         return None, q, r
 

@@ -11,7 +11,7 @@ import struct
 
 from linkdns import wire
 from linkdns.errors import WireError
-from linkdns.plugins.cache.store import DENIAL, SERVFAIL, SUCCESS, Entry
+from linkdns.plugins.cache.store import DENIAL, SERVFAIL, SUCCESS, Entry, Popular
 from linkdns.wire import Query, reply_opt
 
 DEFAULT_TTL = 5  # CoreDNS MinimalDefaultTTL: a reply without records
@@ -86,14 +86,16 @@ def parse_reply(q: Query, reply: bytes) -> Parsed | None:
     return Parsed(body, rrs, kind)
 
 
-def make_entry(q: Query, p: Parsed, ttl: int, now: float, aa_policy: str) -> Entry:
+def make_entry(q: Query, p: Parsed, ttl: int, now: float, aa_policy: str,
+               popular: bool = False) -> Entry:
     """Freeze a parsed reply: TTL offsets, flags per policy (the entry keeps the records; a
-    reply is rebuilt around the client's own ID and question)."""
+    reply is rebuilt around the client's own ID and question). ``popular``: a
+    :class:`Popular` entry, for a cache that prefetches."""
     upstream_aa = bool(p.body[2] & 0x04)
     aa = upstream_aa if aa_policy == "keep" else aa_policy == "set"
     ad = bool(p.body[3] & 0x20)
-    return Entry(p.body, tuple([r.rdata - 6 for r in p.rrs]), now, ttl, p.kind, aa, ad,
-                 q.cd, q.do)
+    return (Popular if popular else Entry)(p.body, tuple([r.rdata - 6 for r in p.rrs]), now,
+                                           ttl, p.kind, aa, ad, q.cd, q.do)
 
 
 def render(e: Entry, q: Query, ttl: int) -> bytes:

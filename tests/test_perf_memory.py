@@ -1,0 +1,59 @@
+"""Memory levers measured by bench/memory.py, pinned here so they are not lost.
+
+- Entries of a cache without ``prefetch`` carry no popularity fields (``Popular`` does).
+- Entries stored within one clock tick (1/64 s) share one ``stored`` float.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+from test_cache_memory import fill, new_cache, pod_answer, scan
+
+from linkdns.clock import Clock
+from linkdns.plugins.cache import Cache, CacheConfig
+from linkdns.plugins.cache.handler import STAMP_TICKS
+from linkdns.plugins.cache.setup import ClassConfig
+from linkdns.plugins.cache.store import Entry, Popular
+
+
+def entries(c: Cache, pairs: list[tuple[bytes, bytes]]) -> list[Entry]:
+    out = [c.store.get(scan(qw).key) for qw, _ in pairs]
+    assert all(e is not None for e in out)
+    return [e for e in out if e is not None]
+
+
+def test_plain_entries_have_no_prefetch_fields_popular_ones_do() -> None:
+    plain = new_cache()
+    pairs = [pod_answer(i) for i in range(3)]
+    fill(plain, pairs)
+    e = entries(plain, pairs)[0]
+    assert type(e) is Entry and not hasattr(e, "hits")
+    pf = Cache(CacheConfig(success=ClassConfig(10, 3600), denial=ClassConfig(10, 1800),
+                           prefetch=2), zones=["."], clock=Clock())
+    fill(pf, pairs)
+    p = entries(pf, pairs)[0]
+    assert type(p) is Popular and p.hits == 0
+    assert sys.getsizeof(p) == sys.getsizeof(e) + 16
+
+
+def test_entries_stored_in_one_tick_share_their_stored_time() -> None:
+    c = new_cache()
+    clock = c._clock
+    assert isinstance(clock, Clock)
+    # stand at the start of a tick, so the burst below stays inside it
+    now = clock.now()
+    clock.advance((int(now * STAMP_TICKS) + 1) / STAMP_TICKS - now + 1e-6)
+    pairs = [pod_answer(i) for i in range(100)]
+    fill(c, pairs)
+    stamps = {id(e.stored) for e in entries(c, pairs)}
+    assert len(stamps) <= 2  # one tick, or two if the burst crossed a tick boundary
+    clock.advance(1.0)
+    more = [pod_answer(i) for i in range(100, 110)]
+    fill(c, more)
+    later = entries(c, more)[0].stored
+    assert later - entries(c, pairs)[0].stored == pytest.approx(1.0, abs=2 / STAMP_TICKS)
+    # whole seconds still count exactly: the TTL of an entry one second old is one less
+    e = entries(c, pairs)[0]
+    assert c.ttl_for(e, clock.now()) == e.orig_ttl - 1
