@@ -34,6 +34,11 @@ ORDER: tuple[str, ...] = (
 # Rcodes that mean "nothing written, the server must answer".
 ERROR_RCODES = frozenset({wire.SERVFAIL, wire.REFUSED, wire.FORMERR, wire.NOTIMP})
 
+#: Returned by a handler that answers nothing on purpose (acl's ``drop``): the server sends no
+#: reply and counts no response. Not a wire rcode; to the handlers before it, it reads as
+#: "written" (``client_wrote`` is true), as CoreDNS's ``return dns.RcodeSuccess`` does.
+DROP = -1
+
 
 def client_wrote(rc: int) -> bool:
     """True when a handler that returned ``rc`` already wrote its reply."""

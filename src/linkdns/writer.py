@@ -47,6 +47,11 @@ class Writer:
         self._record(out, plugin)
         self._emit(out)
 
+    def drop(self) -> None:
+        """End the query with no reply (a handler returned ``plugin.DROP``). Nothing is sent;
+        ``_emit(b"")`` still runs so a writer that tracks replies in flight sees the end."""
+        self._emit(b"")
+
     def _record(self, out: bytes, plugin: str) -> None:
         """Note what was answered (rcode, flags, size, plugin) for metrics and log."""
         self.written = True
@@ -72,7 +77,7 @@ class UDPWriter(Writer):
         self.transport = transport
 
     def _emit(self, out: bytes) -> None:
-        if not self.transport.is_closing():
+        if out and not self.transport.is_closing():
             self.transport.sendto(out, self.req.peer)
 
 
@@ -84,7 +89,7 @@ class TCPWriter(Writer):
         self.transport = transport
 
     def _emit(self, out: bytes) -> None:
-        if not self.transport.is_closing():
+        if out and not self.transport.is_closing():
             self.transport.write(len(out).to_bytes(2, "big") + out)
 
 
@@ -109,6 +114,9 @@ class WrapWriter(Writer):
             self.on_write(out)
         self.inner.send(out, plugin)
         self._copy()
+
+    def drop(self) -> None:
+        self.inner.drop()
 
     def _copy(self) -> None:
         i = self.inner

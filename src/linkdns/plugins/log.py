@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from linkdns import wire
 from linkdns.corefile import Directive
 from linkdns.errors import ConfigError
-from linkdns.plugin import Handler, PluginSpec, client_wrote, err, register
+from linkdns.plugin import DROP, Handler, PluginSpec, client_wrote, err, register
 from linkdns.request import Request, class_name
 from linkdns.writer import WrapWriter, Writer
 
@@ -99,7 +99,10 @@ class Log(Handler):
 
     def format(self, req: Request, rc: int, w: Writer | None) -> str:
         q = req.q
-        rcode = wire.RCODE_NAMES.get(w.rcode if w else rc, str(rc)) if (w or rc) else "NOERROR"
+        if w is None and rc == DROP:
+            rcode = "-"  # dropped on purpose (acl): CoreDNS logs no rcode either
+        else:
+            rcode = wire.RCODE_NAMES.get(w.rcode if w else rc, str(rc)) if (w or rc) else "NOERROR"
         dur = time.perf_counter() - req.start
         host = str(req.peer[0])
         vals = {

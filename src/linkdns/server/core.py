@@ -198,6 +198,9 @@ class Server:
             if chain is not None:
                 rc = await chain.serve(req, w)
             if not w.written:
+                if rc == plugin.DROP:
+                    w.drop()  # no reply on purpose (acl's drop): nothing sent, nothing counted
+                    return
                 if plugin.client_wrote(rc):
                     rc = wire.SERVFAIL  # a plugin claimed it wrote but did not
                 w.send(wire.error_reply(req.q, req.data, rc))
