@@ -11,7 +11,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from linkdns import __version__, workers
+from linkdns import __version__, nodelocal, workers
 from linkdns.errors import ConfigError
 from linkdns.workers import Worker
 
@@ -58,6 +58,7 @@ def make_parser() -> argparse.ArgumentParser:
                    help="worker processes sharing the ports with SO_REUSEPORT (default 1)")
     p.add_argument("-drain", type=float, default=5.0,
                    help="seconds in-flight queries may take to finish at shutdown")
+    nodelocal.add_flags(p)
     return p
 
 
@@ -90,7 +91,8 @@ def validate(path: str, dns_port: int, quiet: bool = False) -> int:
     return 0
 
 
-async def serve(path: str, dns_port: int, drain: float, worker: Worker | None = None) -> int:
+async def serve(path: str, dns_port: int, drain: float, worker: Worker | None = None,
+                node: nodelocal.NodeLocal | None = None) -> int:
     from linkdns.corefile import load_corefile
     from linkdns.server.core import Server
 
@@ -117,6 +119,9 @@ async def serve(path: str, dns_port: int, drain: float, worker: Worker | None = 
         log.fatal("listen: %s", e)
         await server.stop()
         return 1
+    if node is not None and (worker is None or worker.index == 0) and not await node.start():
+        await server.stop()
+        return 1
     # Everything built so far lives as long as the process: keep it out of the collector's
     # generations so collections triggered by per-query garbage stay short.
     gc.freeze()
@@ -126,6 +131,8 @@ async def serve(path: str, dns_port: int, drain: float, worker: Worker | None = 
     for t in waiters:
         t.cancel()
     log.info("shutting down")
+    if node is not None:
+        await node.stop()
     await server.stop()
     return server.exit_code
 
@@ -137,18 +144,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"python/{sys.version.split()[0]}")
         return 0
     setup_logging(logging.ERROR if args.quiet else logging.INFO)
+    try:
+        node = nodelocal.from_args(args)  # None unless -localip (node-local mode)
+    except ValueError as e:
+        log.fatal("Error parsing flags - %s, Exiting", e)
+        return 1
+    if node is not None:
+        node.write_corefile()
     if args.validate:
         return validate(args.conf, args.dns_port)
     if args.pidfile:
         with open(args.pidfile, "w") as f:
             f.write(f"{os.getpid()}\n")
     try:
+        if node is not None and not node.begin():
+            return 1
         if args.workers > 1:
             if validate(args.conf, args.dns_port, quiet=True) != 0:
                 return 1  # report config errors once, not once per worker
-            return workers.run(args.workers, lambda w: run_loop(args, w))
-        return run_loop(args, None)
+            return workers.run(args.workers, lambda w: run_loop(args, w, node))
+        return run_loop(args, None, node)
     finally:
+        if node is not None:
+            node.teardown()
         if args.pidfile:
             try:
                 os.unlink(args.pidfile)
@@ -156,11 +174,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 pass
 
 
-def run_loop(args: argparse.Namespace, worker: Worker | None) -> int:
+def run_loop(args: argparse.Namespace, worker: Worker | None,
+             node: nodelocal.NodeLocal | None = None) -> int:
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        return loop.run_until_complete(serve(args.conf, args.dns_port, args.drain, worker))
+        return loop.run_until_complete(serve(args.conf, args.dns_port, args.drain, worker, node))
     finally:
         loop.close()
 
