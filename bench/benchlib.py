@@ -360,6 +360,27 @@ def group_cpu_seconds(pgid: int) -> float:
     return total / CLK_TCK
 
 
+def group_run_wait_seconds(pgid: int) -> tuple[float, float]:
+    """(on-CPU, runnable-but-waiting-for-a-CPU) seconds summed over every thread of the
+    process group, from /proc/PID/task/TID/schedstat (nanoseconds). The second figure is
+    the time the server was ready to run while something else had its core."""
+    run = wait = 0
+    for pid in group_pids(pgid):
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                f = Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()
+            except OSError:
+                continue
+            if len(f) >= 2:
+                run += int(f[0])
+                wait += int(f[1])
+    return run / 1e9, wait / 1e9
+
+
 def group_memory_kib(pgid: int) -> dict[str, int]:
     """VmRSS, VmHWM (peak RSS) and Pss summed over the process group, in KiB."""
     mem = {"rss_kib": 0, "hwm_kib": 0, "pss_kib": 0, "processes": 0}
