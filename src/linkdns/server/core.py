@@ -166,7 +166,10 @@ class Server:
         self.failed.set()
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        """Run a coroutine owned by the server (tracked, cancelled at stop)."""
+        """Run a coroutine owned by the server: finite work (a query, a cache refresh) that
+        stop() and reload() drain like a query in flight, then cancel. A task that runs for
+        the life of a plugin (a watcher, a health checker) belongs to the plugin's own
+        start()/stop() instead, or every stop would wait out the drain timeout on it."""
         t = asyncio.get_running_loop().create_task(coro)
         self.tasks.add(t)
         t.add_done_callback(self.tasks.discard)
