@@ -25,7 +25,7 @@ of:
 * a :class:`dns.message.Message` -- sent with the query's ID (same as ``Reply(msg)``);
 * ``bytes`` -- sent verbatim (same as ``Reply(data)``);
 * an :class:`Action` (``Reply``, ``Drop``, ``Garbage``, ``Truncated``, ``WrongID``,
-  ``WrongQuestion``, ``FromWrongPort``, ``CloseTCP``, ``Multi``);
+  ``WrongQuestion``, ``FromWrongPort``, ``CloseTCP``, ``Multi``, ``Hold``);
 * a list/tuple of the above -- all are performed (each with its own delay).
 """
 
@@ -65,6 +65,7 @@ __all__ = [
     "Garbage",
     "Handler",
     "HandlerResult",
+    "Hold",
     "Multi",
     "QueryRecord",
     "Reply",
@@ -416,6 +417,21 @@ class CloseTCP(Action):
 
     reset: bool = False
     delay: float = 0.0
+
+
+@dataclass
+class Hold(Action):
+    """Perform *then* (``None``: the default answer) once *gate* is set.
+
+    For tests that need queries in flight at the same time without betting on a delay:
+    ``gate = threading.Event(); up.handler = lambda q, p: Hold(gate)``, wait for the state
+    under test (e.g. ``up.wait_for(2)``), then ``gate.set()``.  Bounded: after *timeout*
+    seconds *then* is performed anyway (a test that forgot to open the gate fails, not hangs).
+    """
+
+    gate: threading.Event
+    then: HandlerResult = None
+    timeout: float = 10.0
 
 
 class Multi(Action):
@@ -843,6 +859,12 @@ class FakeUpstream:
             result = Multi(*result)
         if isinstance(result, Multi):
             await asyncio.gather(*(self._perform(r, query, ch) for r in result.actions))
+            return
+        if isinstance(result, Hold):
+            deadline = time.monotonic() + result.timeout
+            while not result.gate.is_set() and time.monotonic() < deadline:
+                await asyncio.sleep(0.005)
+            await self._perform(result.then, query, ch)
             return
         if not isinstance(result, Action):
             raise TypeError(f"handler returned {result!r}")

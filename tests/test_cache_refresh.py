@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 import time
 
 import dns.message
 import dns.rcode
 import pytest
-from fakeupstream import Drop, FakeUpstream, HandlerResult, Reply, a_records, servfail
+from fakeupstream import Drop, FakeUpstream, HandlerResult, Hold, Reply, a_records, servfail
 from harness import Running
 from test_cache import cache_server, metric, ttls
 
@@ -74,18 +75,22 @@ def test_prefetch_needs_amount_hits_within_duration(up: FakeUpstream) -> None:
 
 def test_at_most_one_refresh_per_entry(up: FakeUpstream) -> None:
     calls = 0
+    gate = threading.Event()  # the refresh stays in flight until the ten hits are done
 
     def slow_refresh(q: dns.message.Message, proto: str) -> HandlerResult:
         nonlocal calls
         calls += 1
-        return a_records(q, 1, 10) if calls == 1 else Reply(a_records(q, 1, 10), delay=0.3)
+        return a_records(q, 1, 10) if calls == 1 else Hold(gate, a_records(q, 1, 10))
 
     up.handler = slow_refresh
     with cache_server(up, "cache {\n prefetch 1 1m 90%\n }") as srv:
         srv.query("one.example.org.")
         srv.server.clock.advance(3)
-        for _ in range(10):
-            assert ttls(srv.query("one.example.org.")) == [7]
+        try:
+            for _ in range(10):
+                assert ttls(srv.query("one.example.org.")) == [7]
+        finally:
+            gate.set()
         settle(srv)
     assert up.count() == 2
 
@@ -178,10 +183,10 @@ def test_stale_verify_answers_stale_when_upstream_is_slow(up: FakeUpstream,
     with cache_server(up, VERIFY, forward="read_timeout 2s") as srv:
         srv.query("v.example.org.")
         srv.server.clock.advance(30)
-        up.handler = lambda q, proto: Reply(a_records(q, 1, 9), delay=0.4)
+        up.handler = lambda q, proto: Reply(a_records(q, 1, 9), delay=1.0)
         t0 = time.monotonic()
         r = srv.query("v.example.org.")
-        assert time.monotonic() - t0 < 0.4
+        assert time.monotonic() - t0 < 1.0  # did not wait for the upstream's answer
         assert ttls(r) == [0]
         settle(srv)
         assert entry_ttl(srv, "v.example.org.") == 9  # the late answer was still stored

@@ -5,7 +5,6 @@ Also holds the helpers the other test_forward_* modules import.
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +29,7 @@ from fakeupstream import (
     a_records,
     sequence,
 )
-from harness import Running
+from harness import Running, free_port
 
 from linkdns.plugins.forward import Forward
 from linkdns.plugins.forward import udp as fwd_udp
@@ -55,11 +54,11 @@ def asked(up: FakeUpstream, name: str, proto: str | None = None) -> int:
 
 
 def dead_port() -> int:
-    """A port on 127.0.0.1 nobody listens on (UDP: ICMP unreachable, TCP: RST)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
+    """A port on 127.0.0.1 nobody listens on (UDP: ICMP unreachable, TCP: RST).
+
+    Below the ephemeral range (``free_port``): a socket bound to port 0 later -- forward's own
+    upstream sockets, a FakeUpstream -- cannot land on it and answer (or eat) the queries."""
+    return free_port()
 
 
 def parallel(fn: Callable[[Any], Any], args: list[Any]) -> list[Any]:

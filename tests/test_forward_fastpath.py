@@ -85,7 +85,7 @@ def test_cancelling_one_query_of_a_shared_forward_exchange(up: FakeUpstream,
                                                                            strict=True)]
             await asyncio.sleep(0)  # each ran to its first await: one exchange, two waiters
             assert len(fwd.inflight) == 1 and len(next(iter(fwd.inflight.values()))) == 2
-            for _ in range(200):  # cancel mid-exchange: once the upstream has the query
+            for _ in range(1000):  # cancel mid-exchange: once the upstream has the query
                 if up.count():
                     break
                 await asyncio.sleep(0.005)

@@ -4,14 +4,19 @@ metrics, and nothing left running after stop."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import dns.rcode
-from fakeupstream import Drop, FakeUpstream, Reply, a_records
+from fakeupstream import Drop, FakeUpstream, Hold, Reply, a_records
 from harness import Running, query
 from test_forward import asked, corefile, forwards, parallel, sample, wait_until
 
-HC = "policy sequential\nmax_fails 1\nhealth_check 50ms\nread_timeout 200ms"
+# A dead upstream costs READ_TIMEOUT per try, so an answer faster than that skipped it. Long
+# enough that a query's own round trip on a loaded machine stays well under it.
+READ_TIMEOUT = 0.5
+HC = f"policy sequential\nmax_fails 1\nhealth_check 50ms\nread_timeout {READ_TIMEOUT}s"
 
 
 def test_health_checks_mark_down_and_back_up(up: FakeUpstream, up2: FakeUpstream) -> None:
@@ -25,7 +30,7 @@ def test_health_checks_mark_down_and_back_up(up: FakeUpstream, up2: FakeUpstream
                       proxy_name="forward", to=up.addr) >= 1
         t0 = time.monotonic()
         assert srv.query("h2.test.").rcode() == dns.rcode.NOERROR
-        assert time.monotonic() - t0 < 0.2  # skipped: no 200 ms timeout on the dead one
+        assert time.monotonic() - t0 < READ_TIMEOUT  # skipped: no timeout on the dead one
         assert asked(up, "h2.test.") == 0 and asked(up2, "h2.test.") == 1
         up.handler = None  # it recovers; the probe notices
         wait_until(lambda: not first.down(), what="first upstream up again")
@@ -62,25 +67,43 @@ def test_failfast_all_unhealthy_upstreams_answers_servfail_at_once(up: FakeUpstr
         wait_until(forwards(srv)[0].upstreams[0].down, what="upstream down")
         t0 = time.monotonic()
         assert srv.query("f2.test.").rcode() == dns.rcode.SERVFAIL
-        assert time.monotonic() - t0 < 0.2
+        assert time.monotonic() - t0 < READ_TIMEOUT
     assert asked(up, "f2.test.") == 0
 
 
 def test_max_concurrent_refuses_and_counts(up: FakeUpstream) -> None:
-    up.handler = lambda q, p: Reply(a_records(q, 1), delay=0.3)
-    with Running(corefile(up, opts="max_concurrent 2")) as srv:
-        res = parallel(lambda n: srv.query(n), [f"c{i}.test." for i in range(3)])
-        rcodes = sorted(r.rcode() for r in res)
-        assert rcodes == [dns.rcode.NOERROR, dns.rcode.NOERROR, dns.rcode.REFUSED]
+    gate = threading.Event()  # the upstream holds its answers: both slots stay taken
+    up.handler = lambda q, p: Hold(gate, a_records(q, 1))
+    with Running(corefile(up, opts="max_concurrent 2")) as srv, ThreadPoolExecutor(2) as ex:
+        try:
+            held = [ex.submit(srv.query, f"c{i}.test.") for i in range(2)]
+            up.wait_for(2, timeout=5)
+            assert srv.query("c2.test.").rcode() == dns.rcode.REFUSED
+        finally:
+            gate.set()
+        assert [f.result(5).rcode() for f in held] == [dns.rcode.NOERROR, dns.rcode.NOERROR]
         assert sample(srv, "coredns_forward_max_concurrent_rejects_total") == 1
         assert srv.query("after.test.").rcode() == dns.rcode.NOERROR  # slots given back
+    assert asked(up, "c2.test.") == 0
+
+
+def waiting(srv: Running) -> int:
+    """How many queries wait on another one's upstream exchange (read on the server's loop)."""
+    fwd = forwards(srv)[0]
+    return srv.run(lambda: sum(len(w) for w in fwd.inflight.values()))
 
 
 def test_identical_queries_in_flight_share_one_upstream_query(up: FakeUpstream) -> None:
-    up.handler = lambda q, p: Reply(a_records(q, 1), delay=0.2)
-    with Running(corefile(up)) as srv:
-        res = parallel(lambda n: srv.query(n), ["same.test.", "SAME.test.", "same.test.",
-                                                 "Same.Test.", "same.test."])
+    gate = threading.Event()  # the first exchange stays open until all five are in
+    up.handler = lambda q, p: Hold(gate, a_records(q, 1))
+    names = ["same.test.", "SAME.test.", "same.test.", "Same.Test.", "same.test."]
+    with Running(corefile(up)) as srv, ThreadPoolExecutor(len(names)) as ex:
+        try:
+            futs = [ex.submit(srv.query, n) for n in names]
+            wait_until(lambda: waiting(srv) == 4, timeout=5, what="4 queries sharing the first")
+        finally:
+            gate.set()
+        res = [f.result(5) for f in futs]
     assert all(r.rcode() == dns.rcode.NOERROR and len(r.answer) == 1 for r in res)
     assert [str(r.question[0].name) for r in res][1] == "SAME.test."  # client's case kept
     assert asked(up, "same.test.") + asked(up, "SAME.test.") + asked(up, "Same.Test.") == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import dns.rcode
 import pytest
-from fakeupstream import FakeUpstream, Reply, a_records
+from fakeupstream import FakeUpstream, Hold, a_records
 from harness import Running, query
 
 from linkdns.config import build_sites
@@ -63,18 +64,29 @@ def test_broken_corefile_is_reported_and_the_old_one_keeps_serving(
 
 def test_query_in_flight_during_a_reload_is_answered() -> None:
     with FakeUpstream() as up:
-        up.handler = lambda q, p: Reply(a_records(q, 1), delay=0.5)
+        gate = threading.Event()  # the upstream answers once the reload has swapped chains
+        up.handler = lambda q, p: Hold(gate, a_records(q, 1)) if not gate.is_set() else None
         cf = f".:0 {{\n bind 127.0.0.1\n forward . {up.addr}\n}}\n"
-        with Running(cf) as srv:
+        with Running(cf, drain=10) as srv:  # the reload waits (bounded) for the query
             port = srv.port
             result: list[int] = []
             t = threading.Thread(target=lambda: result.append(
-                query(port, "slow.example.", "A", timeout=3).rcode()))
+                query(port, "slow.example.", "A", timeout=5).rcode()))
             t.start()
-            up.wait_for(1)
-            new = build_sites(parse_corefile(cf.replace("forward", "errors\n forward")), 0)
-            srv.call(srv.server.reload(new))
-            t.join(5)
+            try:
+                up.wait_for(1)
+                new = build_sites(parse_corefile(cf.replace("forward", "errors\n forward")), 0)
+                reload = asyncio.run_coroutine_threadsafe(srv.server.reload(new), srv.loop)
+                deadline = time.monotonic() + 5
+                while (srv.run(lambda: srv.server.sites[0].cfg) is not new[0]
+                       and time.monotonic() < deadline):
+                    time.sleep(0.01)
+                assert srv.run(lambda: srv.server.sites[0].cfg) is new[0]  # swapped ...
+                assert t.is_alive() and not reload.done()  # ... the query still in flight
+            finally:
+                gate.set()
+            reload.result(10)  # the reload drained it
+            t.join(6)
             assert result == [dns.rcode.NOERROR]
             assert srv.port == port
             assert srv.server.sites[0].cfg.plugins.keys() >= {"errors", "forward"}

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 import time
 
 import dns.exception
 import dns.message
 import dns.rcode
 import pytest
-from fakeupstream import FakeUpstream, Reply
+from fakeupstream import FakeUpstream, Hold
 from harness import Running, query
 
 from linkdns.server import listen
@@ -40,7 +41,10 @@ def test_tcp_connections_are_capped(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(listen, "TCP_MAX_CONNECTIONS", 2)
     with Running(".:0 {\n bind 127.0.0.1\n errors\n}\n") as srv:
         keep = [socket.create_connection(("127.0.0.1", srv.port), timeout=3) for _ in range(2)]
-        time.sleep(0.1)  # let the server account for both
+        (ln,) = srv.server.listeners.values()
+        deadline = time.monotonic() + 5  # until the server has accounted for both
+        while srv.run(lambda: len(ln.tcp_conns)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
         extra = socket.create_connection(("127.0.0.1", srv.port), timeout=3)
         assert _recv_or_closed(extra, 2) == b""  # closed at once, over the cap
         # the connections under the cap still work
@@ -105,25 +109,30 @@ def test_tcp_pipeline_over_the_cap_is_refused_and_the_rest_answered(
 ) -> None:
     monkeypatch.setattr(listen, "TCP_MAX_PENDING", 2)
     with FakeUpstream() as up:
-        up.handler = lambda q, p: Reply(up.default_answer(q), delay=0.3)
+        gate = threading.Event()  # the upstream holds the first two until a reply arrives
+        up.handler = lambda q, p: Hold(gate)
         with Running(f".:0 {{\n bind 127.0.0.1\n forward . {up.addr}\n}}\n") as srv:
             s = socket.create_connection(("127.0.0.1", srv.port), timeout=3)
             payload = b""
             for i in range(3):
                 w = dns.message.make_query(f"p{i}.example.", "A").to_wire()
                 payload += len(w).to_bytes(2, "big") + w
-            s.sendall(payload)
             got = {}
-            buf = b""
-            while len(got) < 3:
-                chunk = s.recv(65535)
-                assert chunk
-                buf += chunk
-                while len(buf) >= 2 and len(buf) >= 2 + int.from_bytes(buf[:2], "big"):
-                    n = int.from_bytes(buf[:2], "big")
-                    m = dns.message.from_wire(buf[2 : 2 + n])
-                    got[str(m.question[0].name)] = m.rcode()
-                    buf = buf[2 + n :]
-            s.close()
+            try:
+                s.sendall(payload)
+                buf = b""
+                while len(got) < 3:
+                    chunk = s.recv(65535)
+                    assert chunk
+                    buf += chunk
+                    while len(buf) >= 2 and len(buf) >= 2 + int.from_bytes(buf[:2], "big"):
+                        n = int.from_bytes(buf[:2], "big")
+                        m = dns.message.from_wire(buf[2 : 2 + n])
+                        got[str(m.question[0].name)] = m.rcode()
+                        buf = buf[2 + n :]
+                        gate.set()
+            finally:
+                gate.set()
+                s.close()
     assert got == {"p0.example.": dns.rcode.NOERROR, "p1.example.": dns.rcode.NOERROR,
                    "p2.example.": dns.rcode.REFUSED}

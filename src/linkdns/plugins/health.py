@@ -92,6 +92,7 @@ class Health(http.HTTPPlugin):
         self.duration = lameduck
         self.stats = stats
         self.task: asyncio.Task[None] | None = None
+        self.stopping = False
         self.interval = CHECK_INTERVAL
         #: set after every self-check (tests await it)
         self.checked = asyncio.Event()
@@ -103,6 +104,7 @@ class Health(http.HTTPPlugin):
 
     async def start(self) -> None:
         await super().start()
+        self.stopping = False
         self.task = asyncio.get_running_loop().create_task(self._self_check())
 
     async def check_once(self, host: str, port: int) -> bool:
@@ -120,7 +122,9 @@ class Health(http.HTTPPlugin):
         return ok
 
     async def _self_check(self) -> None:
-        while True:
+        # The flag, not only cancel(): on Python 3.11 the wait_for in probe() swallows a
+        # cancel that lands as the request completes, and stop() would wait here forever.
+        while not self.stopping:
             await asyncio.sleep(self.interval)
             self.checked.clear()
             await self.check_once(local_host(self.http.host), self.http.port)
@@ -135,6 +139,7 @@ class Health(http.HTTPPlugin):
         await asyncio.sleep(self.duration)
 
     async def stop(self) -> None:
+        self.stopping = True
         if self.task is not None:
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
