@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 
 import pytest
@@ -67,3 +68,13 @@ def test_entries_stored_in_one_tick_share_their_stored_time() -> None:
     # whole seconds still count exactly: the TTL of an entry one second old is one less
     e = entries(c, pairs)[0]
     assert c.ttl_for(e, clock.now()) == e.orig_ttl - 1
+
+
+def test_dnslib_stays_out_of_a_daemon_that_never_needs_it() -> None:
+    """Every built-in plugin loaded, no dnslib: it costs ~1 MiB of RSS and only truncation
+    and template answers use it (imported on first use)."""
+    code = ("import sys, linkdns.cli, linkdns.plugin; linkdns.plugin.load_builtin(); "
+            "print('dnslib' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "False"

@@ -51,3 +51,35 @@ def truncate(buf: bytes, size: int) -> bytes:
         head[2] |= 0x02
         head[6:12] = b"\x00" * 6
         return bytes(head)
+
+
+class _PlainBuffer(dnslib.DNSBuffer):  # type: ignore[misc]
+    """A DNSBuffer that never compresses names (a record packed alone must stand alone)."""
+
+    def encode_name(self, name: Any) -> None:
+        self.encode_name_nocompress(name)
+
+
+def rr_from_text(text: str) -> bytes:
+    """One resource record in zone-file text, packed to wire form without name compression.
+
+    Read as miekg/dns's NewRR does for a single line: relative names are made absolute from
+    the root, a missing TTL is 3600, a missing class IN, parentheses group. WireError when the
+    text is not exactly one record dnslib can read.
+    """
+    flat, quoted = [], False
+    for ch in text:  # one-line parentheses are grouping only: drop them outside quotes
+        if ch == '"':
+            quoted = not quoted
+        flat.append(" " if ch in "()" and not quoted else ch)
+    try:
+        rrs = list(dnslib.ZoneParser("".join(flat), origin=".", ttl=3600))
+        if len(rrs) != 1:
+            raise WireError(f"want one record, got {len(rrs)}")
+        buf = _PlainBuffer()
+        rrs[0].pack(buf)
+    except WireError:
+        raise
+    except Exception as e:  # dnslib raises many types (DNSError, ValueError, IndexError...)
+        raise WireError(f"bad record {text!r}: {e}") from None
+    return bytes(buf.data)

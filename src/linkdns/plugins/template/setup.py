@@ -1,0 +1,151 @@
+"""template: Corefile syntax (CoreDNS's plugin/template/setup.go) and building the handler.
+
+    template CLASS TYPE [ZONE...] {
+        match REGEX...
+        answer RR
+        additional RR
+        authority RR
+        rcode CODE
+        fallthrough [ZONE...]
+    }
+
+One directive is one template; a block may hold several, tried in the order written.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from linkdns import wire
+from linkdns.corefile import Directive, parse_server_key
+from linkdns.errors import ConfigError
+from linkdns.plugin import PluginSpec, register
+from linkdns.plugins.template.gotmpl import Template, TemplateError
+from linkdns.plugins.template.handler import Rule, TemplateHandler
+from linkdns.request import class_name, type_name
+
+if TYPE_CHECKING:
+    from linkdns.server.site import Site
+
+#: CoreDNS's hard limit on a regex pattern (setup.go maxRegexpLen).
+MAX_REGEX_LEN = 10000
+
+_CLASSES = {class_name(c): c for c in (1, 3, 4, 254, 255)}
+_TYPES = {n: t for t in range(65536) if not (n := type_name(t)).startswith("TYPE")}
+_RCODES = {name: rc for rc, name in wire.RCODE_NAMES.items() if rc < 16}
+_UNSUPPORTED = ("ederror", "edns", "var", "expr")
+
+
+@dataclass(frozen=True)
+class TemplateConfig:
+    """One ``template`` directive."""
+
+    qclass: int
+    qtype: int
+    #: zones of the template; None: the server block's zones
+    zones: tuple[str, ...] | None
+    regex: tuple[re.Pattern[str], ...]
+    answer: tuple[Template, ...]
+    additional: tuple[Template, ...]
+    authority: tuple[Template, ...]
+    rcode: int
+    #: ``fallthrough`` zones ("." when given without zones); None when absent
+    fall: tuple[str, ...] | None
+
+
+def _err(d: Directive, msg: str) -> ConfigError:
+    return ConfigError(msg, d.file, d.line, "template")
+
+
+def arg_count_error(d: Directive) -> ConfigError:
+    return _err(d, f"Wrong argument count or unexpected line ending after '{d.name}'")
+
+
+def _zones(d: Directive, args: list[str]) -> tuple[str, ...]:
+    try:
+        return tuple(k.zone for a in args for k in parse_server_key(a, d.file, d.line))
+    except ConfigError as e:
+        raise _err(d, e.msg) from None
+
+
+def go_regex(d: Directive, pattern: str) -> re.Pattern[str]:
+    """Compile a Go RE2 pattern with Python's re: ``(?<name>`` becomes ``(?P<name>`` and
+    ``\\z`` becomes ``\\Z``; the rest is read as Python reads it."""
+    if len(pattern) > MAX_REGEX_LEN:
+        raise _err(d, f"regex pattern too long: {len(pattern)} > {MAX_REGEX_LEN}")
+    text = re.sub(r"\(\?<(?=[A-Za-z_])", "(?P<", pattern)
+    text = re.sub(r"(?<!\\)((?:\\\\)*)\\z", r"\1\\Z", text)
+    try:
+        return re.compile(text)
+    except re.error as e:
+        raise _err(d, f"could not parse regex: {pattern}, {e}") from None
+
+
+def _templates(sub: Directive, section: str) -> list[Template]:
+    if not sub.args:
+        raise arg_count_error(sub)
+    out = []
+    for text in sub.args:
+        try:
+            out.append(Template(text))
+        except TemplateError as e:
+            raise _err(sub, f"could not compile template: {section}, {e}") from None
+    return out
+
+
+def parse(d: Directive) -> TemplateConfig:
+    if len(d.args) < 2:
+        raise arg_count_error(d)
+    qclass = _CLASSES.get(d.args[0])
+    if qclass is None:
+        raise _err(d, f"invalid query class {d.args[0]}")
+    qtype = _TYPES.get(d.args[1])
+    if qtype is None:
+        raise _err(d, f"invalid RR class {d.args[1]}")  # CoreDNS's wording
+    zones = _zones(d, d.args[2:]) if len(d.args) > 2 else None
+    regex: list[re.Pattern[str]] = []
+    sections: dict[str, list[Template]] = {"answer": [], "additional": [], "authority": []}
+    rcode = wire.NOERROR
+    fall: tuple[str, ...] | None = None
+    for sub in d.block or []:
+        if sub.block is not None:
+            raise _err(sub, f"'{sub.name}' takes no block")
+        if sub.name == "match":
+            if not sub.args:
+                raise arg_count_error(sub)
+            regex.extend(go_regex(sub, a) for a in sub.args)
+        elif sub.name in sections:
+            sections[sub.name].extend(_templates(sub, sub.name))
+        elif sub.name == "rcode":
+            if len(sub.args) != 1:
+                raise arg_count_error(sub)
+            if sub.args[0] not in _RCODES:
+                raise _err(sub, f"unknown rcode {sub.args[0]}")
+            rcode = _RCODES[sub.args[0]]
+        elif sub.name == "fallthrough":
+            fall = _zones(sub, sub.args) if sub.args else (".",)
+        elif sub.name == "upstream":
+            pass  # CoreDNS: deprecated, arguments ignored
+        elif sub.name in _UNSUPPORTED:
+            raise _err(sub, f"'{sub.name}' is not supported by linkdns's template plugin")
+        else:
+            raise _err(sub, f"unknown property '{sub.name}'")
+    if not regex:
+        regex.append(re.compile(".*"))
+    return TemplateConfig(qclass, qtype, zones, tuple(regex), tuple(sections["answer"]),
+                          tuple(sections["additional"]), tuple(sections["authority"]), rcode,
+                          fall)
+
+
+def parse_all(ds: list[Directive]) -> list[TemplateConfig]:
+    return [parse(d) for d in ds]
+
+
+def build(cfgs: list[TemplateConfig], site: Site) -> TemplateHandler:
+    rules = [Rule(c, c.zones if c.zones is not None else tuple(site.zones)) for c in cfgs]
+    return TemplateHandler(rules, site)
+
+
+register(PluginSpec("template", parse, build, once=False, parse_all=parse_all))
