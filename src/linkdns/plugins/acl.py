@@ -231,12 +231,7 @@ class AclCounts(Collector):
 
 def counts_for(site: Site) -> AclCounts:
     """The counters of this site's registry (created and registered on first use)."""
-    c = site.shared.get(SHARED_KEY)
-    if c is None:
-        c = site.shared[SHARED_KEY] = AclCounts()
-        site.registry.register(c)
-    assert isinstance(c, AclCounts)
-    return c
+    return site.collector(SHARED_KEY, AclCounts)
 
 
 # -- serving ---------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from linkdns import plugin
 from linkdns.config import SiteConfig
@@ -14,6 +15,8 @@ if TYPE_CHECKING:
     from linkdns.server.core import Server
 
 log = logging.getLogger("linkdns.server")
+
+C = TypeVar("C")
 
 
 class HitCache(Protocol):
@@ -51,6 +54,16 @@ class Site:
     @property
     def registry(self) -> Any:
         return self.server.registry
+
+    def collector(self, key: str, make: Callable[[], C]) -> C:
+        """The scrape-time collector stored under ``key``: made by ``make()`` and registered
+        in the server's registry on first use, then shared by every block (and kept across a
+        reload, so counts carry on)."""
+        c = self.shared.get(key)
+        if c is None:
+            c = self.shared[key] = make()
+            self.registry.register(c)
+        return c
 
     @property
     def plugin_names(self) -> list[str]:

@@ -138,13 +138,7 @@ class CacheCollector(Collector):
 
 def collector(site: Site) -> CacheCollector:
     """The collector of this site's registry (created and registered on first use)."""
-    coll = site.shared.get(SHARED_KEY)
-    if coll is None:
-        coll = CacheCollector()
-        site.registry.register(coll)
-        site.shared[SHARED_KEY] = coll
-    assert isinstance(coll, CacheCollector)
-    return coll
+    return site.collector(SHARED_KEY, CacheCollector)
 
 
 def attach(site: Site, cache: Cache) -> None:

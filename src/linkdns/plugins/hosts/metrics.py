@@ -54,11 +54,7 @@ class HostsCollector(Collector):
 
 
 def attach(site: Site, src: Source) -> None:
-    coll = site.shared.get(SHARED_KEY)
-    if coll is None:
-        coll = site.shared[SHARED_KEY] = HostsCollector()
-        site.registry.register(coll)
-    assert isinstance(coll, HostsCollector)
+    coll = site.collector(SHARED_KEY, HostsCollector)
     if src not in coll.sources:
         coll.sources.append(src)
 

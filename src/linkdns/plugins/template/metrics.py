@@ -56,9 +56,4 @@ class TemplateCollector(Collector):
 
 def collector(site: Site) -> TemplateCollector:
     """The registry's collector, registered on first use."""
-    coll = site.shared.get(SHARED_KEY)
-    if coll is None:
-        coll = site.shared[SHARED_KEY] = TemplateCollector()
-        site.registry.register(coll)
-    assert isinstance(coll, TemplateCollector)
-    return coll
+    return site.collector(SHARED_KEY, TemplateCollector)
