@@ -343,15 +343,18 @@ def strip_opt(buf: bytes) -> bytes:
     return bytes(out)
 
 
-def error_reply(q: Query | None, data: bytes, rc: int, ra: bool = True) -> bytes:
-    """A reply with rcode ``rc`` to the query in ``data``; question and OPT echoed if known."""
+def error_reply(q: Query | None, data: bytes, rc: int, ra: bool = True,
+                options: bytes = b"") -> bytes:
+    """A reply with rcode ``rc`` to the query in ``data``; question and OPT echoed if known.
+    ``options``: EDNS options put in that OPT after the client's COOKIE (e.g. an Extended
+    DNS Error); nothing for a client that sent no OPT."""
     flags = (data[2] << 8 | data[3]) if len(data) >= 4 else 0
     out_flags = QR | (flags & (OPCODE_MASK | RD | CD)) | (RA if ra else 0)
     qid = data[0:2] if len(data) >= 2 else b"\x00\x00"
     if q is None or q.q_end == 0:
         return qid + _U16.pack(out_flags | (rc & 0x0F)) + b"\x00" * 8
     ext = rc >> 4
-    opt = make_opt(q.udp_size, q.do, q.cookie, ext) if q.has_opt else b""
+    opt = make_opt(q.udp_size, q.do, q.cookie + options, ext) if q.has_opt else b""
     head = qid + _HEADER.pack(0, out_flags | (rc & 0x0F), 1, 0, 0, 1 if opt else 0)[2:]
     return head + data[HEADER_LEN : q.q_end] + opt
 

@@ -240,12 +240,8 @@ def counts_for(site: Site) -> AclCounts:
 def reply(q: wire.Query, rc: int, ede: int) -> bytes:
     """CoreDNS's acl reply (``SetRcode``: ID, question, RD/CD copied, no RA/AA, no records),
     with the client's OPT carrying an Extended DNS Error when the client sent EDNS."""
-    flags = wire.QR | (q.flags & (wire.OPCODE_MASK | wire.RD | wire.CD)) | rc
-    opt = b""
-    if q.has_opt:
-        opt = wire.make_opt(q.udp_size, q.do, q.cookie + struct.pack(">HHH", EDE_OPTION, 2, ede))
-    return (q.data[:2] + struct.pack(">HHHHH", flags, 1, 0, 0, 1 if opt else 0) + q.question
-            + opt)
+    return wire.error_reply(q, q.data, rc, ra=False,
+                            options=struct.pack(">HHH", EDE_OPTION, 2, ede))
 
 
 def client_addr(host: Any) -> Addr | None:
