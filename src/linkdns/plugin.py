@@ -12,7 +12,7 @@ object that is not a handler: it only hooks start-up and shut-down.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -44,6 +44,21 @@ def client_wrote(rc: int) -> bool:
     """True when a handler that returned ``rc`` already wrote its reply."""
     return rc not in ERROR_RCODES
 
+
+
+def zone_match(name: str, zones: Iterable[str]) -> str:
+    """The longest of ``zones`` (lowercase FQDNs) that ``name`` is at or below, "" if none
+    (CoreDNS's plugin.Zones.Matches)."""
+    best = ""
+    for z in zones:
+        if (z == "." or name == z or name.endswith("." + z)) and len(z) > len(best):
+            best = z
+    return best
+
+
+def in_zones(name: str, zones: Iterable[str]) -> bool:
+    """True when ``name`` is one of ``zones`` or below one of them."""
+    return any(z == "." or name == z or name.endswith("." + z) for z in zones)
 
 class Handler:
     """A plugin in the query chain."""

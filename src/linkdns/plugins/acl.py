@@ -33,7 +33,7 @@ from linkdns import plugin, wire
 from linkdns.corefile import Directive, parse_server_key
 from linkdns.errors import ConfigError
 from linkdns.metrics import VIEW
-from linkdns.plugin import Handler, PluginSpec, register
+from linkdns.plugin import Handler, PluginSpec, register, zone_match
 from linkdns.request import Request
 from linkdns.writer import Writer
 
@@ -256,15 +256,6 @@ def client_addr(host: Any) -> Addr | None:
     return ip.version, int(ip)
 
 
-def zone_of(zones: tuple[str, ...], name: str) -> str:
-    """The longest of ``zones`` that ``name`` is in, or "" (CoreDNS's Zones.Matches)."""
-    best = ""
-    for z in zones:
-        if (z == "." or name == z or name.endswith("." + z)) and len(z) > len(best):
-            best = z
-    return best
-
-
 _ADDR_MEMO_MAX = 4096
 
 
@@ -294,7 +285,7 @@ class Acl(Handler):
         one; ("allow", "") when none matches or an allow policy does."""
         name = req.name
         for zones, policies in self.rules:
-            zone = zone_of(zones, name)
+            zone = zone_match(name, zones)
             if not zone:
                 continue
             addr = self._addr(req.peer[0])

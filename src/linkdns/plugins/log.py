@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from linkdns import wire
 from linkdns.corefile import Directive
 from linkdns.errors import ConfigError
-from linkdns.plugin import DROP, Handler, PluginSpec, client_wrote, err, register
+from linkdns.plugin import DROP, Handler, PluginSpec, client_wrote, err, in_zones, register
 from linkdns.request import Request, class_name
 from linkdns.writer import WrapWriter, Writer
 
@@ -80,7 +80,7 @@ class Log(Handler):
         self.cfg = cfg
 
     def _wanted(self, name: str) -> bool:
-        return any(z == "." or name == z or name.endswith("." + z) for z in self.cfg.names)
+        return in_zones(name, self.cfg.names)
 
     async def serve(self, req: Request, w: Writer) -> int:
         if not self._wanted(req.name):

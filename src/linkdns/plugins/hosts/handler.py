@@ -26,12 +26,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from linkdns import wire
-from linkdns.plugin import Handler
+from linkdns.plugin import Handler, in_zones
 from linkdns.plugins.hosts import metrics
 from linkdns.plugins.hosts.hostsfile import (
     HostsData,
     HostsMap,
-    in_zones,
     parse_hosts,
     reverse_key,
 )

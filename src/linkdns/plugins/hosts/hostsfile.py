@@ -16,15 +16,11 @@ from dataclasses import dataclass, field
 
 from linkdns import wire
 from linkdns.errors import WireError
+from linkdns.plugin import in_zones
 
 _IP4_ARPA = ".in-addr.arpa."
 _IP6_ARPA = ".ip6.arpa."
 _HEX = frozenset("0123456789abcdef")
-
-
-def in_zones(name: str, zones: Iterable[str]) -> bool:
-    """True when ``name`` (lowercase FQDN) is one of ``zones`` or below one of them."""
-    return any(z == "." or name == z or name.endswith("." + z) for z in zones)
 
 
 def parse_ip(text: str) -> bytes | None:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from linkdns import wire
 from linkdns.errors import WireError
-from linkdns.plugin import ERROR_RCODES, Handler
+from linkdns.plugin import ERROR_RCODES, Handler, zone_match
 from linkdns.plugins.template import metrics
 from linkdns.plugins.template.gotmpl import Data, Template, TemplateError
 from linkdns.request import Request, class_name, type_name
@@ -33,15 +33,6 @@ if TYPE_CHECKING:
     from linkdns.server.site import Site
 
 _HEAD = struct.Struct(">HHHHHH")
-
-
-def zone_match(name: str, zones: tuple[str, ...]) -> str:
-    """The longest of ``zones`` that ``name`` is in or below, "" if none (plugin.Zones.Matches)."""
-    best = ""
-    for z in zones:
-        if (z == "." or name == z or name.endswith("." + z)) and len(z) > len(best):
-            best = z
-    return best
 
 
 @dataclass(frozen=True)
