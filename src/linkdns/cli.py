@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from linkdns import __version__, nodelocal, workers
 from linkdns.errors import ConfigError
+from linkdns.server.listen import MAX_INFLIGHT
 from linkdns.workers import Worker
 
 log = logging.getLogger("linkdns")
@@ -58,6 +59,9 @@ def make_parser() -> argparse.ArgumentParser:
                    help="worker processes sharing the ports with SO_REUSEPORT (default 1)")
     p.add_argument("-drain", type=float, default=5.0,
                    help="seconds in-flight queries may take to finish at shutdown")
+    p.add_argument("-max-inflight", dest="max_inflight", type=int, default=MAX_INFLIGHT,
+                   help="queries in flight per listener before new UDP ones are dropped and "
+                        f"TCP ones refused (default {MAX_INFLIGHT})")
     nodelocal.add_flags(p)
     return p
 
@@ -92,14 +96,15 @@ def validate(path: str, dns_port: int, quiet: bool = False) -> int:
 
 
 async def serve(path: str, dns_port: int, drain: float, worker: Worker | None = None,
-                node: nodelocal.NodeLocal | None = None) -> int:
+                node: nodelocal.NodeLocal | None = None, max_inflight: int = MAX_INFLIGHT
+                ) -> int:
     from linkdns.corefile import load_corefile
     from linkdns.server.core import Server
 
     try:
         blocks = load_corefile(path)
         server = Server.from_blocks(blocks, dns_port, reuse_port=worker is not None,
-                                    drain_timeout=drain)
+                                    drain_timeout=drain, max_inflight=max_inflight)
         server.worker = worker
         server.source = path
     except ConfigError as e:
@@ -179,7 +184,8 @@ def run_loop(args: argparse.Namespace, worker: Worker | None,
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        return loop.run_until_complete(serve(args.conf, args.dns_port, args.drain, worker, node))
+        return loop.run_until_complete(serve(args.conf, args.dns_port, args.drain, worker, node,
+                                             args.max_inflight))
     finally:
         loop.close()
 

@@ -28,7 +28,7 @@ from prometheus_client.metrics_core import (
 )
 
 from linkdns import __version__, wire
-from linkdns.server.stats import PROTOS, Hist, ServerStats
+from linkdns.server.stats import DROP_REASONS, PROTOS, Hist, ServerStats
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -120,15 +120,25 @@ class _Families:
             "coredns_build_info",
             "A metric with a constant '1' value labeled by version, revision, and goversion "
             "from which CoreDNS was built.", labels=["version", "revision", "goversion"])
+        # linkdns additions (no CoreDNS equivalent)
+        self.inflight = GaugeMetricFamily(
+            "linkdns_queries_in_flight",
+            "Queries on the slow path (the plugin chain) being worked on, per server.",
+            labels=["server"])
+        self.drops = CounterMetricFamily(
+            "linkdns_dropped_queries_total",
+            "Queries received and not answered, per server and reason.",
+            labels=["server", "reason"])
 
     def all(self) -> list[Metric]:
         return [self.requests, self.responses, self.duration, self.req_size, self.resp_size,
-                self.do, self.panics, self.enabled, self.build]
+                self.do, self.panics, self.enabled, self.build, self.inflight, self.drops]
 
 
 class ServerCollector:
-    """``coredns_dns_*``, ``coredns_plugin_enabled``, ``coredns_build_info`` and
-    ``coredns_panics_total`` for one Server."""
+    """``coredns_dns_*``, ``coredns_plugin_enabled``, ``coredns_build_info``,
+    ``coredns_panics_total``, ``linkdns_queries_in_flight`` and
+    ``linkdns_dropped_queries_total`` for one Server."""
 
     def __init__(self, server: Server, stats: Callable[[], ServerStats] | None = None) -> None:
         self.server = server
@@ -180,6 +190,13 @@ class ServerCollector:
         for server, zone, name in sorted(enabled):
             f.enabled.add_metric([server, zone, VIEW, name], 1)
         f.build.add_metric(list(build_info()), 1)
+        drops = dict(stats.drops)
+        for ln in list(self.server.listeners.values()):
+            f.inflight.add_metric([ln.name], ln.inflight)
+            for reason in DROP_REASONS:
+                drops.setdefault((ln.name, reason), 0)
+        for (server, reason), n in sorted(drops.items()):
+            f.drops.add_metric([server, reason], n)
         return iter(f.all())
 
 

@@ -19,7 +19,7 @@ from linkdns.clock import Clock
 from linkdns.config import SiteConfig, build_sites
 from linkdns.corefile import ServerBlock
 from linkdns.request import Request
-from linkdns.server.listen import Listener, Route
+from linkdns.server.listen import MAX_INFLIGHT, Listener, Route
 from linkdns.server.site import Site
 from linkdns.server.stats import ServerStats
 from linkdns.workers import Worker
@@ -37,6 +37,7 @@ class Server:
         registry: CollectorRegistry | None = None,
         reuse_port: bool = False,
         drain_timeout: float = 5.0,
+        max_inflight: int = MAX_INFLIGHT,
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.shared: dict[str, Any] = {}
@@ -45,6 +46,8 @@ class Server:
         self.stats = ServerStats()
         self.reuse_port = reuse_port
         self.drain_timeout = drain_timeout
+        #: slow-path queries in flight per listener before new ones are shed (listen.py)
+        self.max_inflight = max_inflight
         self.tasks: set[asyncio.Task[Any]] = set()
         #: server-level background tasks (the reload watcher): cancelled at stop, not drained
         self.background: dict[str, asyncio.Task[Any]] = {}
@@ -193,8 +196,10 @@ class Server:
 
     # -- the slow path ----------------------------------------------------------------------
 
-    async def handle(self, r: Route, req: Request, w: Writer) -> None:
-        """Run the site's chain for one query; always answer or count it."""
+    async def handle(self, r: Route, req: Request, w: Writer, ln: Listener | None = None
+                     ) -> None:
+        """Run the site's chain for one query; always answer or count it. ``ln``: the
+        listener whose in-flight count this query holds (released here)."""
         rc = wire.SERVFAIL
         try:
             chain = r.site.chain
@@ -202,7 +207,8 @@ class Server:
                 rc = await chain.serve(req, w)
             if not w.written:
                 if rc == plugin.DROP:
-                    w.drop()  # no reply on purpose (acl's drop): nothing sent, nothing counted
+                    w.drop()  # no reply on purpose (acl's drop): nothing sent
+                    self.stats.drop(req.server, "acl")
                     return
                 if plugin.client_wrote(rc):
                     rc = wire.SERVFAIL  # a plugin claimed it wrote but did not
@@ -218,5 +224,8 @@ class Server:
             log.exception("panic while serving %r", req)
             if not w.written:
                 w.send(wire.error_reply(req.q, req.data, wire.SERVFAIL))
+        finally:
+            if ln is not None:
+                ln.inflight -= 1
         r.stats.count_response(w.rcode if w.rcode >= 0 else rc, w.plugin,
                                req.proto == "tcp", w.size, time.perf_counter() - req.start)

@@ -30,6 +30,9 @@ _perf = time.perf_counter
 TCP_IDLE_TIMEOUT = 10.0  # seconds a TCP connection may sit idle (CoreDNS: 10s read timeout)
 TCP_MAX_CONNECTIONS = 1000
 TCP_MAX_PENDING = 100  # pipelined queries in flight per connection
+#: slow-path queries in flight per listener (unbound's num-queries-per-thread): a UDP query
+#: over it is dropped and counted (reason ``flood``), a TCP one answered REFUSED
+MAX_INFLIGHT = 1024
 MEMO_MAX = 8192  # scanned queries remembered per listener (cleared when full)
 #: the "hit once already" filter in front of the memo (see Listener.fresh): its size in bits,
 #: and how many shapes it takes in before it starts afresh (false positives stay under 2%)
@@ -90,6 +93,9 @@ class Listener:
         self.tcp: asyncio.Server | None = None
         self.tcp_conns: set[TCPProtocol] = set()
         self.accepting = True
+        #: slow-path queries being worked on (``linkdns_queries_in_flight``) and their cap
+        self.inflight = 0
+        self.max_inflight = server.max_inflight
         #: ``dns://ADDR:PORT``, the ``server`` label (set again once the port is bound)
         self.name = self._name()
 
@@ -190,6 +196,10 @@ class Listener:
         if reply is not None:
             zs.count_response(rc, "", tcp, len(reply), 0.0)
 
+    def drop(self, reason: str) -> None:
+        """Count a query received here and not answered (``linkdns_dropped_queries_total``)."""
+        self.server.stats.drop(self.name, reason)
+
     def preflight(
         self, data: bytes, peer: Any, tcp: bool
     ) -> tuple[wire.Query | None, Route | None, bytes | None]:
@@ -199,6 +209,7 @@ class Listener:
         if st:
             if st < 0:
                 self.dropped(data, None, tcp, len(peer) > 2)
+                self.drop("malformed")
                 return None, None, None
             err = wire.error_reply(q, data, st)
             self.dropped(data, q, tcp, len(peer) > 2, err, st)
@@ -265,11 +276,20 @@ class Listener:
 
     def slow(self, q: wire.Query, r: Route, peer: Any, w_factory: Any, tcp: bool,
              v6: bool) -> None:
-        """Run the chain for ``q`` (owned by the caller: not a memoized Query) in a task."""
+        """Run the chain for ``q`` (owned by the caller: not a memoized Query) in a task.
+
+        A UDP query over the in-flight cap is dropped here and counted (``flood``): no task,
+        no memory; the client retries after its timeout, as with unbound. TCP callers check
+        the cap first (see TCPProtocol.query)."""
+        if self.inflight >= self.max_inflight:
+            self.dropped(q.data, q, tcp, v6)
+            self.drop("flood")
+            return
+        self.inflight += 1
         req = Request(q, peer, "tcp" if tcp else "udp", self.name, r.zone)
         w: Writer = w_factory(req)
         r.stats.count_request(q.qtype, tcp, v6, q.do, len(q.data))
-        self.server.spawn(self.server.handle(r, req, w))
+        self.server.spawn(self.server.handle(r, req, w, self))
 
 
 class UDPProtocol(asyncio.DatagramProtocol):
@@ -304,6 +324,7 @@ class UDPProtocol(asyncio.DatagramProtocol):
         v6 = len(addr) > 2
         if not ln.accepting:
             ln.dropped(data, None, False, v6)
+            ln.drop("shutdown")
             return
         out, fq, r = ln.fresh(data, addr, False, v6, t0)
         if out is not None:
@@ -331,6 +352,8 @@ class TCPProtocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         ln = self.listener
         if len(ln.tcp_conns) >= TCP_MAX_CONNECTIONS or not ln.accepting:
+            # Closed unread: whatever it carried counts as one query dropped.
+            ln.drop("tcp_limit" if ln.accepting else "shutdown")
             transport.close()
             return
         ln.tcp_conns.add(self)
@@ -344,6 +367,8 @@ class TCPProtocol(asyncio.Protocol):
 
     def _idle(self) -> None:
         if self.pending == 0:
+            if self.buf:
+                self.listener.drop("tcp_timeout")  # a frame begun and never finished
             self.close()
         else:
             self._arm()
@@ -385,9 +410,11 @@ class TCPProtocol(asyncio.Protocol):
         if reply is not None:
             tr.write(len(reply).to_bytes(2, "big") + reply)
             return
-        if self.pending >= TCP_MAX_PENDING:
-            # Too many pipelined queries in flight on this connection: refuse this one (the
-            # ones in flight still get their answers), counted under the dropped zone.
+        if self.pending >= TCP_MAX_PENDING or ln.inflight >= ln.max_inflight:
+            # Too many pipelined queries in flight on this connection, or on the listener:
+            # refuse this one (the ones in flight still get their answers), counted under the
+            # dropped zone. A TCP client does not retry a query within its connection, so
+            # it gets an answer rather than silence.
             err = wire.error_reply(q, data, wire.REFUSED)
             tr.write(len(err).to_bytes(2, "big") + err)
             ln.dropped(data, q, True, v6, err, wire.REFUSED)

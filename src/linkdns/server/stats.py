@@ -17,6 +17,14 @@ SIZE_BUCKETS: tuple[float, ...] = (
 
 PROTOS = ("udp", "tcp")
 
+#: Why a query got no reply at all (``linkdns_dropped_queries_total``'s ``reason``); every
+#: listener exports each of these from 0. ``flood``: UDP query over the in-flight cap;
+#: ``tcp_limit``: TCP connection closed at TCP_MAX_CONNECTIONS before it was read;
+#: ``tcp_timeout``: TCP connection closed idle with a partial frame; ``malformed``: datagram
+#: or frame without a readable header, or a response; ``acl``: the acl plugin's ``drop``;
+#: ``shutdown``: arrived while the listener was stopping.
+DROP_REASONS = ("flood", "tcp_limit", "tcp_timeout", "malformed", "acl", "shutdown")
+
 # Hit-path constants: the responses key of each rcode for plugin "cache"; the first bucket.
 _CACHE_KEYS: tuple[tuple[int, str], ...] = tuple((rc, "cache") for rc in range(16))
 _FIRST_TIME = TIME_BUCKETS[0]
@@ -131,12 +139,19 @@ class ZoneStats:
 class ServerStats:
     """Everything the server counts outside any zone."""
 
-    __slots__ = ("dropped", "panics", "zones")
+    __slots__ = ("dropped", "drops", "panics", "zones")
 
     def __init__(self) -> None:
         self.zones: dict[tuple[str, str], ZoneStats] = {}
         self.dropped: ZoneStats | None = None
         self.panics = 0
+        #: (server, reason) -> queries received and not answered (see DROP_REASONS)
+        self.drops: dict[tuple[str, str], int] = {}
+
+    def drop(self, server: str, reason: str) -> None:
+        """Count one query ``server`` received and did not answer."""
+        k = (server, reason)
+        self.drops[k] = self.drops.get(k, 0) + 1
 
     def zone(self, server: str, zone: str) -> ZoneStats:
         zs = self.zones.get((server, zone))
