@@ -200,6 +200,21 @@ class Listener:
         """Count a query received here and not answered (``linkdns_dropped_queries_total``)."""
         self.server.stats.drop(self.name, reason)
 
+    def panic(self, data: bytes, peer: Any, tcp: bool) -> bytes | None:
+        """An exception escaped the listener's own path (the chain has its own guard in
+        Server.handle): count it in ``coredns_panics_total``, log it once with the query and
+        return the SERVFAIL to send (None if ``data`` is no query to answer)."""
+        self.server.stats.panics += 1
+        try:
+            st, q = wire.scan_query(data)
+            what = (repr(Request(q, peer, "tcp" if tcp else "udp", self.name))
+                    if q is not None else data[:64].hex())
+            log.exception("panic while serving %s", what)
+            return wire.error_reply(q, data, wire.SERVFAIL) if q is not None and st >= 0 else None
+        except Exception:
+            log.exception("panic while serving %s, and again answering it", data[:64].hex())
+            return None
+
     def preflight(
         self, data: bytes, peer: Any, tcp: bool
     ) -> tuple[wire.Query | None, Route | None, bytes | None]:
@@ -303,35 +318,40 @@ class UDPProtocol(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: Any) -> None:
         t0 = _perf()
         ln = self.listener
-        # The hit path, inlined: memo lookup, cache hit, sendto, count. Nothing else.
-        m = ln.memo.get(data[2:])
-        if m is not None and ln.accepting:
-            q = m.q
-            q.data = data
-            if m.cache is not None:
-                reply = m.cache.hit(q, m.udp_size)
-                if reply is not None:
-                    for h in m.rewrites:
-                        h.hit_rewrite(reply)
-                    self.transport.sendto(reply, addr)  # type: ignore[union-attr]
-                    m.stats.count_hit(m.rkey | (len(addr) > 2), m.do, m.qbucket, m.qsize,
-                                      len(reply), reply[3] & 0xF, False, _perf() - t0)
-                    return
-            transport = self.transport
-            ln.slow(q.copy(data), m.route, addr, lambda req: UDPWriter(req, transport),  # type: ignore[arg-type]
-                    False, len(addr) > 2)
-            return
-        v6 = len(addr) > 2
-        if not ln.accepting:
-            ln.dropped(data, None, False, v6)
-            ln.drop("shutdown")
-            return
-        out, fq, r = ln.fresh(data, addr, False, v6, t0)
-        if out is not None:
-            self.transport.sendto(out, addr)  # type: ignore[union-attr]
-        elif fq is not None and r is not None:
-            transport = self.transport
-            ln.slow(fq, r, addr, lambda req: UDPWriter(req, transport), False, v6)  # type: ignore[arg-type]
+        try:
+            # The hit path, inlined: memo lookup, cache hit, sendto, count. Nothing else.
+            m = ln.memo.get(data[2:])
+            if m is not None and ln.accepting:
+                q = m.q
+                q.data = data
+                if m.cache is not None:
+                    reply = m.cache.hit(q, m.udp_size)
+                    if reply is not None:
+                        for h in m.rewrites:
+                            h.hit_rewrite(reply)
+                        self.transport.sendto(reply, addr)  # type: ignore[union-attr]
+                        m.stats.count_hit(m.rkey | (len(addr) > 2), m.do, m.qbucket, m.qsize,
+                                          len(reply), reply[3] & 0xF, False, _perf() - t0)
+                        return
+                transport = self.transport
+                ln.slow(q.copy(data), m.route, addr, lambda req: UDPWriter(req, transport),  # type: ignore[arg-type]
+                        False, len(addr) > 2)
+                return
+            v6 = len(addr) > 2
+            if not ln.accepting:
+                ln.dropped(data, None, False, v6)
+                ln.drop("shutdown")
+                return
+            out, fq, r = ln.fresh(data, addr, False, v6, t0)
+            if out is not None:
+                self.transport.sendto(out, addr)  # type: ignore[union-attr]
+            elif fq is not None and r is not None:
+                transport = self.transport
+                ln.slow(fq, r, addr, lambda req: UDPWriter(req, transport), False, v6)  # type: ignore[arg-type]
+        except Exception:  # a bug on the hit path: SERVFAIL, counted, logged, still serving
+            err = ln.panic(data, addr, False)
+            if err is not None:
+                self.transport.sendto(err, addr)  # type: ignore[union-attr]
 
     def error_received(self, exc: Exception) -> None:
         log.debug("udp error: %s", exc)
@@ -386,7 +406,12 @@ class TCPProtocol(asyncio.Protocol):
         self.buf += data
         self._arm()
         for frame in wire.split_frames(self.buf):
-            self.query(frame)
+            try:
+                self.query(frame)
+            except Exception:  # a bug on the TCP path: as for UDP (see Listener.panic)
+                err = self.listener.panic(frame, self.peer, True)
+                if err is not None and self.transport is not None:
+                    self.transport.write(len(err).to_bytes(2, "big") + err)
 
     def query(self, data: bytes) -> None:
         t0 = _perf()
