@@ -37,6 +37,7 @@ import errno
 import io
 import ipaddress
 import logging
+import random
 import socket
 import struct
 import threading
@@ -361,6 +362,22 @@ class Garbage(Action):
         """A well-formed header (right ID, QR=1, ANCOUNT=1) whose body is cut short."""
         wire = render(a_records(query, 1))
         return cls(wire[: max(12, len(wire) - cut)], delay)
+
+    @classmethod
+    def bad_body(
+        cls,
+        query: dns.message.Message,
+        qdcount: int = 0xFFFF,
+        size: int = 40,
+        seed: int = 0,
+        delay: float = 0.0,
+    ) -> Garbage:
+        """A response header with the query's ID (QR=1, RD/RA, NOERROR, *qdcount*
+        questions, no records) followed by *size* pseudo-random bytes (from *seed*):
+        right ID, right address, a body that cannot be read."""
+        rng = random.Random(seed)
+        head = struct.pack("!HHHHHH", query.id, 0x8180, qdcount & 0xFFFF, 0, 0, 0)
+        return cls(head + bytes(rng.randrange(256) for _ in range(size)), delay)
 
 
 @dataclass

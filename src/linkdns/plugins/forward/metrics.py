@@ -31,9 +31,11 @@ _KEY = "forward.metrics"
 class UpstreamStats:
     """Per-query counters of one upstream address (the ``to`` label)."""
 
-    __slots__ = ("conn", "durations")
+    __slots__ = ("conn", "durations", "malformed")
 
     def __init__(self) -> None:
+        #: replies with one of our IDs that were not a readable response (attempt failed)
+        self.malformed = 0
         #: connection cache hits and misses per protocol: proto -> [hits, misses]
         self.conn: dict[str, list[int]] = {}
         #: request duration per reply rcode
@@ -90,7 +92,7 @@ class ForwardCollector(Collector):
         self.metrics = metrics
 
     def _families(self) -> tuple[HistogramMetricFamily, CounterMetricFamily,
-                                 CounterMetricFamily]:
+                                 CounterMetricFamily, CounterMetricFamily]:
         return (
             HistogramMetricFamily(
                 "coredns_proxy_request_duration_seconds",
@@ -104,13 +106,18 @@ class ForwardCollector(Collector):
                 "coredns_proxy_conn_cache_misses_total",
                 "Counter of connection cache misses per upstream and protocol.",
                 labels=["proxy_name", "to", "proto"]),
+            CounterMetricFamily(  # linkdns: CoreDNS has no such counter
+                "linkdns_forward_malformed_replies",
+                "Counter of upstream replies (right ID, right address) that could not be read; "
+                "each failed its attempt.",
+                labels=["to"]),
         )
 
     def describe(self) -> Iterator[Metric]:
         return iter(self._families())
 
     def collect(self) -> Iterator[Metric]:
-        dur, hits, misses = self._families()
+        dur, hits, misses, malformed = self._families()
         for addr, st in sorted(self.metrics.upstreams.items()):
             for rc, h in sorted(list(st.durations.items())):
                 name = wire.RCODE_NAMES.get(rc, str(rc))
@@ -120,7 +127,9 @@ class ForwardCollector(Collector):
                     hits.add_metric([PROXY_NAME, addr, proto], h_n)
                 if m_n:
                     misses.add_metric([PROXY_NAME, addr, proto], m_n)
-        return iter((dur, hits, misses))
+            if st.malformed:
+                malformed.add_metric([addr], st.malformed)
+        return iter((dur, hits, misses, malformed))
 
 
 def metrics_for(shared: dict[str, Any], registry: CollectorRegistry | None) -> ForwardMetrics:

@@ -60,6 +60,7 @@ class TcpConn(asyncio.Protocol):
                 return
         elif len(frame) >= 12 and tr.parses(frame):
             return  # another ID: ignored
+        self.pool.up.stats.malformed += 1
         p.fail(UpstreamError(f"read tcp {self.local}->{self.pool.up.addr}: "
                              "dns: malformed reply"))
         self.close()

@@ -1,10 +1,15 @@
 """What the UDP and TCP transports share: the expected question, reply validation, timers.
 
 A reply is accepted for an in-flight query only when it comes from the upstream's address
-(connected sockets: the kernel filters), carries the query's random ID, has QR=1, exactly one
-question equal to ours (name compared case-insensitively, type and class exactly) and walks as
-a DNS message. A reply that fails only the last check is "malformed": that upstream failed.
-Anything else is ignored, and the attempt runs into its timeout.
+(connected sockets: the kernel filters), carries the query's random ID, has QR=1, walks as a
+DNS message and has exactly one question, equal to ours (name compared case-insensitively, type
+and class exactly).
+
+With the right ID from the right address, a reply that is not a readable response with one
+question (cut short, QR=0, QDCOUNT 0 or 65535, bytes that do not walk) is "malformed": that
+attempt failed at once (as unbound, which turns such a reply into an immediate timeout of that
+server). A well-formed reply with one question that is not ours is a spoof attempt or a stale
+reply: it is ignored and the attempt keeps waiting for the real one (as unbound does).
 """
 
 from __future__ import annotations
@@ -57,17 +62,19 @@ def new_id() -> int:
 
 
 def classify(data: bytes, q: Question) -> int:
-    """ACCEPT, IGNORE (not an answer to ``q``) or MALFORMED (ours, but unreadable)."""
+    """ACCEPT, IGNORE (another question: not an answer to ``q``) or MALFORMED (our ID, but
+    not a readable response with one question). The caller matched the ID already."""
     if len(data) < wire.HEADER_LEN:
         return MALFORMED
     if q.any_reply:
         return ACCEPT if data[2] & 0x80 else IGNORE
-    if not data[2] & 0x80 or data[4:6] != b"\x00\x01" or len(data) < q.end:
-        return IGNORE
+    if not data[2] & 0x80 or data[4:6] != b"\x00\x01" or not parses(data):
+        return MALFORMED
     n = q.end - 4
-    if data[wire.HEADER_LEN : n].lower() != q.lname or data[n : q.end] != q.tail:
-        return IGNORE
-    return ACCEPT if parses(data) else MALFORMED
+    if (len(data) < q.end or data[wire.HEADER_LEN : n].lower() != q.lname
+            or data[n : q.end] != q.tail):
+        return IGNORE  # one readable question, not ours: keep waiting for the real reply
+    return ACCEPT
 
 
 def parses(data: bytes) -> bool:

@@ -107,6 +107,7 @@ class UdpSock:
             if len(data) < 12 or not tr.parses(data):
                 # Junk from the upstream's own address that names no query of ours: the
                 # upstream is broken; fail what waits here rather than run into timeouts.
+                self.pool.up.stats.malformed += 1
                 self.fail_all(f"read udp {self.local}->{self.pool.up.addr}: "
                                "dns: malformed reply")
             return
@@ -114,7 +115,8 @@ class UdpSock:
         if st == tr.ACCEPT:
             if not p.fut.done():
                 p.fut.set_result(data)
-        elif st == tr.MALFORMED:
+        elif st == tr.MALFORMED and not p.fut.done():
+            self.pool.up.stats.malformed += 1
             p.fail(UpstreamError(f"read udp {self.local}->{self.pool.up.addr}: "
                                  "dns: malformed reply"))
 
