@@ -84,6 +84,9 @@ def build_sites(blocks: list[ServerBlock], dns_port: int = 53) -> list[SiteConfi
             except ConfigError as e:
                 errors.append(e)
         sites.append(site)
+    for name, spec in plugin.REGISTRY.items():
+        if spec.check_sites is not None:
+            errors.extend(spec.check_sites([s.plugins[name] for s in sites if name in s.plugins]))
     if errors:
         first = errors[0]
         first.all = errors

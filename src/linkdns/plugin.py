@@ -129,6 +129,9 @@ class PluginSpec:
     once: bool = True
     #: Several directives of the same plugin in one block are merged by ``parse_all``.
     parse_all: Callable[[list[Directive]], Any] | None = None
+    #: Checks across server blocks (e.g. a file two blocks may not share): the plugin's parsed
+    #: configs of every block that uses it, in Corefile order -> the errors found.
+    check_sites: Callable[[list[Any]], list[ConfigError]] | None = None
 
 
 REGISTRY: dict[str, PluginSpec] = {}

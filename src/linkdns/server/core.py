@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -64,6 +64,9 @@ class Server:
         #: set in ``-workers N`` mode (see workers.py)
         self.worker: Worker | None = None
         self._expo: asyncio.AbstractServer | None = None
+        #: run by this (old) instance right before it hands its sockets to a successor
+        #: (the cache's snapshot writer registers here)
+        self.handover_hooks: list[Callable[[], None]] = []
         self.sites = [Site(c, self) for c in sites]
 
     @classmethod

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from linkdns.plugin import PluginSpec, register
 from linkdns.plugins.cache.handler import Cache
-from linkdns.plugins.cache.setup import CacheConfig, parse
+from linkdns.plugins.cache.setup import CacheConfig, check_sites, parse
 
 if TYPE_CHECKING:
     from linkdns.server.site import Site
@@ -23,4 +23,4 @@ def build(cfg: CacheConfig, site: Site) -> Cache:
     return Cache(cfg, site)
 
 
-register(PluginSpec("cache", parse, build))
+register(PluginSpec("cache", parse, build, check_sites=check_sites))

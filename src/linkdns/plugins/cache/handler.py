@@ -25,6 +25,7 @@ from linkdns.plugin import Handler
 from linkdns.plugins.cache import policy
 from linkdns.plugins.cache.policy import OPT_MEMO, OPT_MEMO_DO, assemble, client_opt, memo_opt
 from linkdns.plugins.cache.setup import CacheConfig
+from linkdns.plugins.cache.snapshot import Snapshot
 from linkdns.plugins.cache.store import DENIAL, SERVFAIL, SUCCESS, Entry, Popular, Store
 from linkdns.request import Request
 from linkdns.wire import Query, reply_opt
@@ -111,6 +112,8 @@ class Cache(Handler):
         self.prefetches = 0
         self.drops = 0
         self.served_stale = 0
+        #: ``snapshot FILE``: saves the entries at stop, loads them at start (snapshot.py)
+        self.snapshot = Snapshot(self, cfg.snapshot) if cfg.snapshot else None
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -345,7 +348,17 @@ class Cache(Handler):
             self.store.remove(q.key)
         return e
 
-    def _entry_for(self, q: Query, reply: bytes, refresh: bool) -> Entry | None:
+    def restore(self, q: Query, reply: bytes, ttl: int, stored: float) -> Entry | None:
+        """Store ``reply`` as a snapshot saved it (``ttl``: the entry's TTL, ``stored``: when
+        it was stored, on this clock): the checks and the store of a miss (``_entry_for``,
+        ``store.put``), with the saved TTL and time instead of the reply's and now's."""
+        e = self._entry_for(q, reply, False, (ttl, stored))
+        if e is not None:
+            self.store.put(q.key, e)
+        return e
+
+    def _entry_for(self, q: Query, reply: bytes, refresh: bool,
+                   saved: tuple[int, float] | None = None) -> Entry | None:
         p = policy.parse_reply(q, reply)
         if p is None:
             return None
@@ -353,15 +366,17 @@ class Cache(Handler):
         kind = p.kind
         if kind == SUCCESS:
             off = self._off_success
-            ttl = _clamp(policy.min_ttl(p.rrs), cfg.success.min_ttl, cfg.success.max_ttl)
+            ttl = _clamp(policy.min_ttl(p.rrs) if saved is None else saved[0],
+                         cfg.success.min_ttl, cfg.success.max_ttl)
         else:
             if cfg.no_negcache:
                 return None
             off = self._off_denial
             if kind == DENIAL:
-                ttl = _clamp(policy.min_ttl(p.rrs), cfg.denial.min_ttl, cfg.denial.max_ttl)
+                ttl = _clamp(policy.min_ttl(p.rrs) if saved is None else saved[0],
+                             cfg.denial.min_ttl, cfg.denial.max_ttl)
             else:
-                ttl = int(cfg.servfail)
+                ttl = int(cfg.servfail) if saved is None else min(saved[0], int(cfg.servfail))
         if ttl <= 0 or not self.store.accepts(SUCCESS if kind == SUCCESS else DENIAL):
             return None
         if off is not None and _within(q, off):
@@ -369,7 +384,8 @@ class Cache(Handler):
         old = self._index.get(q.key)
         if refresh and kind == SERVFAIL and old is not None:
             return None  # a failed refresh must not hide the answer we have (stale or not)
-        e = policy.make_entry(q, p, ttl, self._stamp(), self._aa, bool(self._pf))
+        stored = self._stamp() if saved is None else saved[1]
+        e = policy.make_entry(q, p, ttl, stored, self._aa, bool(self._pf))
         if refresh and isinstance(old, Popular) and isinstance(e, Popular):
             e.hits, e.last = old.hits, old.last  # keep the popularity across a prefetch
         return e
@@ -404,6 +420,8 @@ class Cache(Handler):
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
+        if self.snapshot is not None:
+            self.snapshot.start()  # entries loaded before the listeners open
         if self.site is not None:
             from linkdns.plugins.cache import metrics
 
@@ -415,6 +433,8 @@ class Cache(Handler):
             t.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        if self.snapshot is not None:
+            self.snapshot.stop()
         if self.site is not None:
             from linkdns.plugins.cache import metrics
 

@@ -12,6 +12,7 @@
         keepttl
         no_negcache
         aa keep|set|clear
+        snapshot FILE
     }
 
 ``parse`` is pure: it turns a Directive into a :class:`CacheConfig` or raises ConfigError
@@ -20,6 +21,7 @@ naming the file and line of the offending (sub-)directive.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from linkdns import values
@@ -63,6 +65,10 @@ class CacheConfig:
     keepttl: bool = False
     no_negcache: bool = False
     aa: str = "keep"
+    #: ``snapshot FILE``: where the entries are saved at stop and loaded at start (None = off)
+    snapshot: str | None = None
+    #: file and line of the ``snapshot`` line (a second block using the same FILE names it)
+    snapshot_at: tuple[str, int] = ("", 0)
 
 
 def _fail(d: Directive, msg: str) -> ConfigError:
@@ -221,6 +227,38 @@ def parse(d: Directive) -> CacheConfig:
             if sub.args[0] not in AA_POLICIES:
                 raise _fail(sub, f"aa must be one of keep, set, clear, not {sub.args[0]!r}")
             cfg.aa = sub.args[0]
+        elif name == "snapshot":
+            _snapshot(sub, cfg)
         else:
             raise _fail(sub, f"unknown property '{name}'")
     return cfg
+
+
+def _snapshot(d: Directive, cfg: CacheConfig) -> None:
+    if len(d.args) != 1:
+        raise _argc(d)
+    path = d.args[0]
+    if not os.path.isabs(path):
+        raise _fail(d, f"snapshot file must be an absolute path, not {path!r}")
+    if path.endswith("/"):
+        raise _fail(d, f"snapshot file must name a file, not a directory: {path!r}")
+    cfg.snapshot = os.path.normpath(path)
+    cfg.snapshot_at = (d.file, d.line)
+
+
+def check_sites(cfgs: list[CacheConfig]) -> list[ConfigError]:
+    """Errors across server blocks: two caches may not share one snapshot FILE (each would
+    overwrite the other's entries at stop)."""
+    errors: list[ConfigError] = []
+    first: dict[str, tuple[str, int]] = {}
+    for c in cfgs:
+        if c.snapshot is None:
+            continue
+        at = first.get(c.snapshot)
+        if at is None:
+            first[c.snapshot] = c.snapshot_at
+        else:
+            errors.append(ConfigError(
+                f"snapshot file {c.snapshot} is already used by the cache at {at[0]}:{at[1]}; "
+                "each server block needs its own file", *c.snapshot_at, "cache"))
+    return errors

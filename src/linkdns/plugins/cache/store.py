@@ -238,6 +238,10 @@ class Store:
     def get(self, key: bytes) -> Entry | None:
         return self.index.get(key)
 
+    def items(self) -> list[tuple[bytes, Entry]]:
+        """Every (key, entry), in the order they were stored (a copy: a snapshot reads it)."""
+        return list(self.index.items())
+
     def accepts(self, cls: int) -> bool:
         return self.caps[cls] > 0
 
