@@ -1,0 +1,108 @@
+"""Drill (d) of issue 12: a sequential restart with ``cache { snapshot FILE }``, real processes.
+
+A linkdns daemon fills its cache with NAMES names from a FakeUpstream, is stopped with SIGTERM,
+the upstream goes silent, and a new daemon starts with the same command line and Corefile.
+As soon as ``/ready`` says ready, every name is asked once (1 s timeout, no retry): at least
+95% must be answered from the cache, with their TTLs reduced by the time that passed, and the
+upstream must see no query from the new daemon.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dns.exception
+import dns.rcode
+from fakeupstream import Drop, FakeUpstream, a_records
+from harness import free_port, http_get, query
+
+PY = sys.executable
+NAMES = 200
+TTL = 300
+ADDR = "192.0.2.1"
+
+
+def start(conf: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen([PY, "-m", "linkdns", "-conf", str(conf)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def wait_ready(p: subprocess.Popen[str], port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if p.poll() is not None:
+            raise AssertionError(f"linkdns exited: {p.communicate()[0]}")
+        try:
+            if http_get(port, "/ready", timeout=0.5)[0] == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.02)
+    raise TimeoutError("linkdns not ready")
+
+
+def stop(p: subprocess.Popen[str]) -> str:
+    p.send_signal(signal.SIGTERM)
+    out, _ = p.communicate(timeout=20)
+    assert p.returncode == 0, out
+    return out
+
+
+def test_a_restart_with_snapshot_answers_from_cache_with_the_upstream_silent(
+        up: FakeUpstream, tmp_path: Path) -> None:
+    dns_port, ready_port = free_port(), free_port()
+    snap = tmp_path / "run" / "cache.snap"
+    conf = tmp_path / "Corefile"
+    conf.write_text(f".:{dns_port} {{\n bind 127.0.0.1\n ready 127.0.0.1:{ready_port}\n"
+                    f" cache {{\n  snapshot {snap}\n }}\n forward . {up.addr}\n}}\n")
+    names = [f"name-{i}.drill.example." for i in range(NAMES)]
+    up.handler = lambda q, proto: a_records(q, 1, TTL, first=ADDR)
+
+    old = start(conf)
+    try:
+        wait_ready(old, ready_port)
+        filled = time.monotonic()
+        for n in names:
+            assert query(dns_port, n, timeout=2).rcode() == dns.rcode.NOERROR
+        out = stop(old)
+    finally:
+        if old.poll() is None:
+            old.kill()
+            old.wait()
+    assert f"saved {NAMES} entries to {snap}" in out
+    assert len(up.queries) == NAMES
+
+    up.handler = lambda q, proto: Drop()  # the upstream goes silent
+    up.reset()
+    time.sleep(2.0)  # so that the TTLs must have gone down
+    new = start(conf)
+    try:
+        wait_ready(new, ready_port)
+        hits = 0
+        ttls: list[int] = []
+        for n in names:
+            try:
+                r = query(dns_port, n, timeout=1.0)
+            except dns.exception.Timeout:
+                continue
+            if r.rcode() == dns.rcode.NOERROR and r.answer and str(r.answer[0][0]) == ADDR:
+                hits += 1
+                ttls.append(r.answer[0].ttl)
+        passed = time.monotonic() - filled
+        out = stop(new)
+    finally:
+        if new.poll() is None:
+            new.kill()
+            new.wait()
+    print(f"drill (d): {hits}/{NAMES} names answered from the snapshot, "
+          f"TTLs {min(ttls)}..{max(ttls)} after {passed:.1f}s")
+    assert hits >= 0.95 * NAMES
+    assert up.queries == []  # not one miss reached the upstream
+    # every TTL went down by at least the 2 s pause, and by no more than the time that passed
+    assert max(ttls) <= TTL - 2
+    assert min(ttls) >= TTL - int(passed) - 1
+    assert f"restored {NAMES} entries from {snap} (0 expired, 0 skipped)" in out
