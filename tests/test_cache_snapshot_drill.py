@@ -20,6 +20,8 @@ import dns.rcode
 from fakeupstream import Drop, FakeUpstream, a_records
 from harness import free_port, http_get, query
 
+from linkdns.plugins.cache import snapshot
+
 PY = sys.executable
 NAMES = 200
 TTL = 300
@@ -43,6 +45,13 @@ def wait_ready(p: subprocess.Popen[str], port: int, timeout: float = 20.0) -> No
             pass
         time.sleep(0.02)
     raise TimeoutError("linkdns not ready")
+
+
+def reap(p: subprocess.Popen[str]) -> None:
+    """Kill ``p`` if it still runs and close its pipe."""
+    if p.poll() is None:
+        p.kill()
+    p.communicate(timeout=20)
 
 
 def stop(p: subprocess.Popen[str]) -> str:
@@ -70,9 +79,7 @@ def test_a_restart_with_snapshot_answers_from_cache_with_the_upstream_silent(
             assert query(dns_port, n, timeout=2).rcode() == dns.rcode.NOERROR
         out = stop(old)
     finally:
-        if old.poll() is None:
-            old.kill()
-            old.wait()
+        reap(old)
     assert f"saved {NAMES} entries to {snap}" in out
     assert len(up.queries) == NAMES
 
@@ -95,9 +102,7 @@ def test_a_restart_with_snapshot_answers_from_cache_with_the_upstream_silent(
         passed = time.monotonic() - filled
         out = stop(new)
     finally:
-        if new.poll() is None:
-            new.kill()
-            new.wait()
+        reap(new)
     print(f"drill (d): {hits}/{NAMES} names answered from the snapshot, "
           f"TTLs {min(ttls)}..{max(ttls)} after {passed:.1f}s")
     assert hits >= 0.95 * NAMES
@@ -106,3 +111,65 @@ def test_a_restart_with_snapshot_answers_from_cache_with_the_upstream_silent(
     assert max(ttls) <= TTL - 2
     assert min(ttls) >= TTL - int(passed) - 1
     assert f"restored {NAMES} entries from {snap} (0 expired, 0 skipped)" in out
+
+
+def wait_dns(p: subprocess.Popen[str], port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if p.poll() is not None:
+            raise AssertionError(f"linkdns exited: {p.communicate()[0]}")
+        try:
+            query(port, "probe.drill.example.", timeout=0.3)
+            return
+        except dns.exception.Timeout:
+            pass
+    raise TimeoutError("linkdns does not answer")
+
+
+def test_each_worker_saves_its_own_file(up: FakeUpstream, tmp_path: Path) -> None:
+    port = free_port()
+    snap = tmp_path / "cache.snap"
+    conf = tmp_path / "Corefile"
+    conf.write_text(f".:{port} {{\n bind 127.0.0.1\n cache {{\n  snapshot {snap}\n }}\n"
+                    f" forward . {up.addr}\n}}\n")
+    p = subprocess.Popen([PY, "-m", "linkdns", "-conf", str(conf), "-workers", "2"],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_dns(p, port)
+        for i in range(20):
+            query(port, f"w{i}.drill.example.", timeout=2)
+        stop(p)
+    finally:
+        reap(p)
+    assert sorted(f.name for f in tmp_path.glob("cache.snap*")) == ["cache.snap.0",
+                                                                     "cache.snap.1"]
+    keys: set[bytes] = set()
+    for f in ("cache.snap.0", "cache.snap.1"):
+        keys |= {k for k, *_ in snapshot.decode((tmp_path / f).read_bytes())[1]}
+    assert {k[1:3] for k in keys} >= {b"w0", b"w1"} and len(keys) >= 21  # 20 names + probe
+
+
+def test_a_start_that_fails_leaves_the_file_alone(up: FakeUpstream, tmp_path: Path) -> None:
+    """A second instance that cannot bind (no hand-over) must not rewrite the first's file."""
+    port = free_port()
+    snap = tmp_path / "cache.snap"
+    conf = tmp_path / "Corefile"
+    conf.write_text(f".:{port} {{\n bind 127.0.0.1\n cache {{\n  snapshot {snap}\n }}\n"
+                    f" forward . {up.addr}\n}}\n")
+    first = start(conf)
+    try:
+        wait_dns(first, port)
+        stop(first)
+    finally:
+        reap(first)
+    before = snap.read_bytes()
+    first = start(conf)
+    try:
+        wait_dns(first, port)
+        second = start(conf)  # the port is taken by ``first``
+        out, _ = second.communicate(timeout=20)
+        assert second.returncode == 1, out
+        assert "restored 1 entries" in out
+        assert snap.read_bytes() == before
+    finally:
+        reap(first)

@@ -258,9 +258,9 @@ class Snapshot:
 
     def __init__(self, cache: Cache, path: str) -> None:
         self.cache = cache
-        site = cache.site
-        worker = site.server.worker if site is not None else None
-        self.path = path if worker is None else f"{path}.{worker.index}"
+        self.configured = path
+        #: the file itself (``FILE.<index>`` in a worker: known at start, not when built)
+        self.path = path
         #: set when the hand-over hook saved: the stop of this (old) instance must not
         #: overwrite what its successor may already have loaded and be saving in turn
         self.handed_over = False
@@ -270,6 +270,9 @@ class Snapshot:
     def start(self) -> None:
         """Load the entries (before the listeners open); register the hand-over hook."""
         site = self.cache.site
+        worker = site.server.worker if site is not None else None
+        if worker is not None:
+            self.path = f"{self.configured}.{worker.index}"
         old = self._predecessor()
         if old is not None:  # a reload: take the running cache's entries, no file needed
             now = old.cache.now()
