@@ -161,6 +161,10 @@ def test_daemonset_runs_node_cache_args_and_its_corefile_sets_up_four_blocks(
                <= s.plugins.keys() for s in sites)
     assert "forward . 10.96.0.11 {" in text and "forward . /etc/resolv.conf" in text
     assert text.count("bind 169.254.20.10 10.96.0.10\n") == 4
+    # each cache keeps its own snapshot in the hostPath the old and the new pod share
+    snapshots = re.findall(r"^\s*snapshot (\S+)$", text, re.M)
+    assert len(snapshots) == len(set(snapshots)) == 4
+    assert all(Path(s).parent == Path("/run/linkdns") for s in snapshots)
 
 
 def test_probes_and_metrics_service_point_at_what_the_corefile_serves(
