@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import pytest
@@ -66,6 +67,12 @@ def test_stock_manifest_args() -> None:
         pytest.param(["-dns.port", "1053"], "local_port", 1053, id="dns-port"),
         pytest.param(["-basecorefile=/x/base"], "base_corefile", "/x/base", id="basecorefile"),
         pytest.param(["-kubednscm", "/x/cm"], "kubedns_cm", "/x/cm", id="kubednscm"),
+        pytest.param(["-setupebtables"], "setup_ebtables", True, id="setupebtables"),
+        pytest.param([], "setup_ebtables", False, id="setupebtables-default"),
+        pytest.param([], "metrics_address", "0.0.0.0:9353", id="metrics-default"),
+        pytest.param(["-metrics-listen-address", "127.0.0.1:19353"], "metrics_address",
+                     "127.0.0.1:19353", id="metrics-listen-address"),
+        pytest.param(["-lockfile", "/x/l.lock"], "lockfile", "/x/l.lock", id="lockfile"),
     ],
 )
 def test_flag_values(argv: list[str], field: str, want: object) -> None:
@@ -84,8 +91,6 @@ def test_flag_values(argv: list[str], field: str, want: object) -> None:
                      id="mixed-family"),
         pytest.param(["-localip", "169.254.20.10", "-health-port", "x"],
                      "invalid healthcheck port specified", id="bad-health-port"),
-        pytest.param(["-localip", "169.254.20.10", "-setupebtables=true"],
-                     "-setupebtables is not supported", id="ebtables"),
     ],
 )
 def test_rejected_like_node_cache(argv: list[str], message: str) -> None:
@@ -105,6 +110,12 @@ def test_bad_values_are_usage_errors(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as e:
         parse("-localip", "169.254.20.10", *argv)
     assert e.value.code == 2
+
+
+def test_default_lockfile_is_per_interface_and_network_namespace() -> None:
+    p = Params.from_args(parse("-localip", "169.254.20.10", "-interfacename", "nld0"))
+    netns = os.stat("/proc/self/ns/net").st_ino
+    assert p.lockfile == f"/run/linkdns/nodelocal-nld0-{netns}.lock"
 
 
 def test_ipv6_local_ips() -> None:

@@ -164,10 +164,12 @@ def make_node(tmp_path: Path, base: str, cm: dict[str, str] | None = None) -> No
     for k, v in (cm or {}).items():
         (cmdir / k).write_text(v)
     params = Params(local_ips=IPS, local_port=53, interface="nodelocaldns",
-                    setup_interface=False, setup_iptables=False, skip_teardown=False,
+                    setup_interface=False, setup_iptables=False, setup_ebtables=False,
+                    skip_teardown=False,
                     sync_interval=60.0, base_corefile=str(tmp_path / "Corefile.base"),
                     corefile=str(tmp_path / "Corefile"), kubedns_cm=str(cmdir),
-                    upstream_svc="kube-dns-upstream", health_port=8080, pidfile="")
+                    upstream_svc="kube-dns-upstream", health_port=8080, pidfile="",
+                    metrics_address="127.0.0.1:0", lockfile=str(tmp_path / "node.lock"))
     return NodeLocal(params, {"KUBE_DNS_UPSTREAM_SERVICE_HOST": "10.96.0.11"})
 
 

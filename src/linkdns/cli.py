@@ -107,6 +107,8 @@ async def serve(path: str, dns_port: int, drain: float, worker: Worker | None = 
                                     drain_timeout=drain, max_inflight=max_inflight)
         server.worker = worker
         server.source = path
+        if node is not None and (worker is None or worker.index == 0):
+            server.registry.register(node.errors)  # as node-cache: on both metrics endpoints
     except ConfigError as e:
         for one in e.all:
             log.fatal("%s", one)
@@ -124,7 +126,9 @@ async def serve(path: str, dns_port: int, drain: float, worker: Worker | None = 
         log.fatal("listen: %s", e)
         await server.stop()
         return 1
-    if node is not None and (worker is None or worker.index == 0) and not await node.start():
+    if worker is not None:
+        worker.ready()  # the parent does the node setup once every worker listens
+    elif node is not None and not await node.start():
         await server.stop()
         return 1
     # Everything built so far lives as long as the process: keep it out of the collector's
@@ -136,7 +140,7 @@ async def serve(path: str, dns_port: int, drain: float, worker: Worker | None = 
     for t in waiters:
         t.cancel()
     log.info("shutting down")
-    if node is not None:
+    if node is not None and worker is None:
         await node.stop()
     await server.stop()
     return server.exit_code
@@ -167,7 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.workers > 1:
             if validate(args.conf, args.dns_port, quiet=True) != 0:
                 return 1  # report config errors once, not once per worker
-            return workers.run(args.workers, lambda w: run_loop(args, w, node))
+            return workers.run(args.workers, lambda w: run_loop(args, w, node),
+                               ready=node.start_blocking if node is not None else None)
         return run_loop(args, None, node)
     finally:
         if node is not None:

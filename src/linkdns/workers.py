@@ -13,9 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import select
 import shutil
 import signal
 import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -31,9 +33,16 @@ class Worker:
     index: int
     count: int
     dir: str
+    ready_fd: int = -1  # write end of the parent's "listening" pipe, when it wants to know
 
     def sock(self, i: int) -> str:
         return os.path.join(self.dir, f"{i}.sock")
+
+    def ready(self) -> None:
+        """Tell the parent this worker listens (call once)."""
+        if self.ready_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.write(self.ready_fd, b"r")
 
 
 async def serve_exposition(w: Worker, expose: Callable[[], bytes]) -> asyncio.AbstractServer:
@@ -117,36 +126,68 @@ def _num(v: float) -> str:
     return repr(v)
 
 
-def run(count: int, child: Callable[[Worker], int]) -> int:
-    """Fork ``count`` workers running ``child(worker)``; supervise until they all exit."""
+def run(count: int, child: Callable[[Worker], int],
+        ready: Callable[[], bool] | None = None) -> int:
+    """Fork ``count`` workers running ``child(worker)``; supervise until they all exit.
+
+    ``ready`` (node-local mode's node setup) runs in a thread of the parent once every worker
+    has called :meth:`Worker.ready`; if it returns False the workers are stopped, exit code 1.
+    Only the workers' own PIDs are waited for, so commands the parent runs keep their status.
+    """
     d = tempfile.mkdtemp(prefix="linkdns-workers-")
     pids: dict[int, int] = {}
+    rfd, wfd = os.pipe() if ready is not None else (-1, -1)
+    failed = threading.Event()
     try:
         for i in range(count):
             pid = os.fork()
             if pid == 0:
                 code = 1
                 try:
-                    code = child(Worker(i, count, d))
+                    if rfd >= 0:
+                        os.close(rfd)
+                    code = child(Worker(i, count, d, wfd))
                 finally:
                     os._exit(code)
             pids[pid] = i
+        if wfd >= 0:
+            os.close(wfd)
 
         def forward(sig: int, _frame: object) -> None:
-            for p in pids:
+            for p in list(pids):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(p, sig)
 
         signal.signal(signal.SIGTERM, forward)
         signal.signal(signal.SIGINT, forward)
+        if ready is not None:
+            def wait_ready() -> None:
+                got = 0
+                while got < count:
+                    b = os.read(rfd, count - got)
+                    if not b:
+                        return  # workers exited before all of them listened
+                    got += len(b)
+                if not ready():
+                    failed.set()
+                    forward(signal.SIGTERM, None)
+
+            threading.Thread(target=wait_ready, name="workers-ready", daemon=True).start()
+        fds = {os.pidfd_open(pid): pid for pid in pids}
         rc = 0
-        while pids:
-            pid, status = os.wait()
-            pids.pop(pid, None)
-            code = os.waitstatus_to_exitcode(status)
-            if code and not rc:
-                rc = code if code > 0 else 1
-                forward(signal.SIGTERM, None)  # one worker failed: stop the others
-        return rc
+        while fds:
+            readable, _, _ = select.select(list(fds), [], [])
+            for fd in readable:
+                pid = fds.pop(fd)
+                os.close(fd)
+                _, status = os.waitpid(pid, 0)
+                pids.pop(pid, None)
+                code = os.waitstatus_to_exitcode(status)
+                if code and not rc:
+                    rc = code if code > 0 else 1
+                    forward(signal.SIGTERM, None)  # one worker failed: stop the others
+        return 1 if failed.is_set() and not rc else rc
     finally:
+        if rfd >= 0:
+            os.close(rfd)
         shutil.rmtree(d, ignore_errors=True)

@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 
 from linkdns import values
+from linkdns.nodelocal import shared
 
 #: node-cache reads the kube-dns ConfigMap from here when -kubednscm is empty and it exists.
 DEFAULT_KUBEDNS_CM = "/etc/kube-dns"
@@ -71,8 +72,14 @@ def add_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("-corefile", default="/etc/Corefile",
                    help="ignored: -conf names the Corefile written, as in node-cache")
     g.add_argument("-metrics-listen-address", dest="metrics_listen_address",
-                   default="0.0.0.0:9353", help="ignored (node-cache's own setup-error metrics)")
-    boolean("-setupebtables", False, "not supported: true is an error")
+                   default="0.0.0.0:9353",
+                   help="address of node-cache's own metrics (coredns_nodecache_setup_errors_total;"
+                        " default 0.0.0.0:9353)")
+    boolean("-setupebtables", False,
+            "add the ebtables broute rule for bridge mode (node-cache before 2021)")
+    g.add_argument("-lockfile", default="",
+                   help="not node-cache's: the lock file instances on the node share (default "
+                        "/run/linkdns/nodelocal-IFACE-NETNS.lock)")
     g.add_argument("-initialdelay", default="10", help="ignored (unused by node-cache too)")
     boolean("-reloadwithsignal", False, "ignored: the reload plugin watches -conf")
 
@@ -86,6 +93,7 @@ class Params:
     interface: str
     setup_interface: bool
     setup_iptables: bool
+    setup_ebtables: bool
     skip_teardown: bool
     sync_interval: float
     base_corefile: str
@@ -94,6 +102,8 @@ class Params:
     upstream_svc: str
     health_port: int
     pidfile: str
+    metrics_address: str
+    lockfile: str
 
     @property
     def ipv6(self) -> bool:
@@ -120,15 +130,14 @@ class Params:
                 raise ValueError(f"unexpected IP Family for localIP - {text!r}, want IPv6={v6}")
         if not str(args.health_port).isdigit():
             raise ValueError(f"invalid healthcheck port specified - {args.health_port!r}")
-        if args.setupebtables:
-            raise ValueError("-setupebtables is not supported by linkdns")
         cm = args.kubednscm
         if not cm and os.path.exists(DEFAULT_KUBEDNS_CM):
             cm = DEFAULT_KUBEDNS_CM
         return cls(
             local_ips=tuple(ips), local_port=args.dns_port, interface=args.interfacename,
             setup_interface=args.setupinterface, setup_iptables=args.setupiptables,
-            skip_teardown=args.skipteardown, sync_interval=args.syncinterval,
+            setup_ebtables=args.setupebtables, skip_teardown=args.skipteardown, sync_interval=args.syncinterval,
             base_corefile=args.basecorefile, corefile=args.conf, kubedns_cm=cm,
             upstream_svc=args.upstreamsvc, health_port=int(args.health_port),
-            pidfile=args.pidfile)
+            pidfile=args.pidfile, metrics_address=args.metrics_listen_address,
+            lockfile=args.lockfile or shared.default_path(args.interfacename))
