@@ -204,7 +204,7 @@ class Forward(Handler):
             return None, "no healthy proxies"
         loop = self.loop or asyncio.get_running_loop()
         query = q.data if cfg.bufsize is None else self.prepare(q)
-        question = Question.of(q)
+        question = Question.of(q, self.from_wire)
         n = len(ups)
         now = loop.time()
         deadline = now + cfg.query_timeout

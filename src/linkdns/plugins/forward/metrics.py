@@ -31,11 +31,13 @@ _KEY = "forward.metrics"
 class UpstreamStats:
     """Per-query counters of one upstream address (the ``to`` label)."""
 
-    __slots__ = ("conn", "durations", "malformed")
+    __slots__ = ("conn", "durations", "malformed", "scrubbed")
 
     def __init__(self) -> None:
         #: replies with one of our IDs that were not a readable response (attempt failed)
         self.malformed = 0
+        #: accepted replies that had records removed by the scrubber
+        self.scrubbed = 0
         #: connection cache hits and misses per protocol: proto -> [hits, misses]
         self.conn: dict[str, list[int]] = {}
         #: request duration per reply rcode
@@ -92,7 +94,8 @@ class ForwardCollector(Collector):
         self.metrics = metrics
 
     def _families(self) -> tuple[HistogramMetricFamily, CounterMetricFamily,
-                                 CounterMetricFamily, CounterMetricFamily]:
+                                 CounterMetricFamily, CounterMetricFamily,
+                                 CounterMetricFamily]:
         return (
             HistogramMetricFamily(
                 "coredns_proxy_request_duration_seconds",
@@ -111,13 +114,18 @@ class ForwardCollector(Collector):
                 "Counter of upstream replies (right ID, right address) that could not be read; "
                 "each failed its attempt.",
                 labels=["to"]),
+            CounterMetricFamily(  # linkdns
+                "linkdns_forward_scrubbed_replies",
+                "Counter of upstream replies that had records removed before they were "
+                "cached or answered (records off the question, out of the zone).",
+                labels=["to"]),
         )
 
     def describe(self) -> Iterator[Metric]:
         return iter(self._families())
 
     def collect(self) -> Iterator[Metric]:
-        dur, hits, misses, malformed = self._families()
+        dur, hits, misses, malformed, scrubbed = self._families()
         for addr, st in sorted(self.metrics.upstreams.items()):
             for rc, h in sorted(list(st.durations.items())):
                 name = wire.RCODE_NAMES.get(rc, str(rc))
@@ -129,7 +137,9 @@ class ForwardCollector(Collector):
                     misses.add_metric([PROXY_NAME, addr, proto], m_n)
             if st.malformed:
                 malformed.add_metric([addr], st.malformed)
-        return iter((dur, hits, misses, malformed))
+            if st.scrubbed:
+                scrubbed.add_metric([addr], st.scrubbed)
+        return iter((dur, hits, misses, malformed, scrubbed))
 
 
 def metrics_for(shared: dict[str, Any], registry: CollectorRegistry | None) -> ForwardMetrics:

@@ -53,8 +53,10 @@ class TcpConn(asyncio.Protocol):
             return  # nothing asked: a stray frame
         if len(frame) >= 2 and ((frame[0] << 8) | frame[1]) == self.qid:
             st = tr.classify(frame, p.q)
-            if st == tr.ACCEPT:
-                p.resolve(frame)
+            if type(st) is bytes:
+                if st is not frame:
+                    self.pool.up.stats.scrubbed += 1
+                p.resolve(st)
                 return
             if st == tr.IGNORE:
                 return

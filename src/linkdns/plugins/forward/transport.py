@@ -10,6 +10,9 @@ question (cut short, QR=0, QDCOUNT 0 or 65535, bytes that do not walk) is "malfo
 attempt failed at once (as unbound, which turns such a reply into an immediate timeout of that
 server). A well-formed reply with one question that is not ours is a spoof attempt or a stale
 reply: it is ignored and the attempt keeps waiting for the real one (as unbound does).
+
+An accepted reply is scrubbed (``scrub``) in the same walk that checks it: what the upstream
+had no business sending never reaches the cache or the client.
 """
 
 from __future__ import annotations
@@ -21,12 +24,12 @@ from typing import Final
 
 from linkdns import wire
 from linkdns.errors import UpstreamError
+from linkdns.plugins.forward.scrub import scrub
 
 #: unused random query IDs, refilled 256 at a time from the OS CSPRNG (one getrandom call
 #: per 256 queries instead of one per query); the UDP path pops from it directly
 ids: list[int] = []
 
-ACCEPT: Final = 0
 IGNORE: Final = 1
 MALFORMED: Final = 2
 
@@ -35,19 +38,24 @@ class Question:
     """The question a reply must carry: lowercased name wire + qtype/qclass bytes.
 
     ``any_reply`` (health probes, as CoreDNS's): any response with the right ID will do.
+    ``zone``: the forward's FROM zone (wire), the bailiwick of additional addresses for the
+    answer's targets (see ``scrub``).
     """
 
-    __slots__ = ("any_reply", "end", "lname", "tail")
+    __slots__ = ("any_reply", "end", "lname", "qtype", "tail", "zone")
 
-    def __init__(self, lname: bytes, tail: bytes, any_reply: bool = False) -> None:
+    def __init__(self, lname: bytes, tail: bytes, any_reply: bool = False,
+                 zone: bytes = b"\x00") -> None:
         self.lname = lname
         self.tail = tail
+        self.qtype = (tail[0] << 8) | tail[1]
         self.end = wire.HEADER_LEN + len(lname) + 4
         self.any_reply = any_reply
+        self.zone = zone
 
     @classmethod
-    def of(cls, q: wire.Query) -> Question:
-        return cls(q.qname_lower, q.data[q.qname_end : q.q_end])
+    def of(cls, q: wire.Query, zone: bytes = b"\x00") -> Question:
+        return cls(q.qname_lower, q.data[q.qname_end : q.q_end], False, zone)
 
 
 class ClosedByPeer(UpstreamError):
@@ -61,20 +69,24 @@ def new_id() -> int:
     return ids.pop()
 
 
-def classify(data: bytes, q: Question) -> int:
-    """ACCEPT, IGNORE (another question: not an answer to ``q``) or MALFORMED (our ID, but
-    not a readable response with one question). The caller matched the ID already."""
+def classify(data: bytes, q: Question) -> bytes | int:
+    """The reply to accept (``data`` itself, or scrubbed: see ``scrub``), IGNORE (another
+    question: not an answer to ``q``) or MALFORMED (our ID, but not a readable response with
+    one question). The caller matched the ID already."""
     if len(data) < wire.HEADER_LEN:
         return MALFORMED
     if q.any_reply:
-        return ACCEPT if data[2] & 0x80 else IGNORE
-    if not data[2] & 0x80 or data[4:6] != b"\x00\x01" or not parses(data):
+        return data if data[2] & 0x80 else IGNORE
+    if not data[2] & 0x80 or data[4:6] != b"\x00\x01":
+        return MALFORMED
+    clean = scrub(data, q.lname, q.qtype, q.zone)
+    if clean is None:
         return MALFORMED
     n = q.end - 4
     if (len(data) < q.end or data[wire.HEADER_LEN : n].lower() != q.lname
             or data[n : q.end] != q.tail):
         return IGNORE  # one readable question, not ours: keep waiting for the real reply
-    return ACCEPT
+    return clean
 
 
 def parses(data: bytes) -> bool:

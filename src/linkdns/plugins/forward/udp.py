@@ -112,9 +112,11 @@ class UdpSock:
                                "dns: malformed reply")
             return
         st = tr.classify(data, p.q)
-        if st == tr.ACCEPT:
+        if type(st) is bytes:
             if not p.fut.done():
-                p.fut.set_result(data)
+                if st is not data:
+                    self.pool.up.stats.scrubbed += 1
+                p.fut.set_result(st)
         elif st == tr.MALFORMED and not p.fut.done():
             self.pool.up.stats.malformed += 1
             p.fail(UpstreamError(f"read udp {self.local}->{self.pool.up.addr}: "
