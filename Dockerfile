@@ -1,10 +1,10 @@
-# linkdns image: python slim + the package. Two ways to run it:
-# - plain forwarder (no -localip): as the unprivileged user below; a Corefile on a port below
-#   1024 (53) then needs the NET_BIND_SERVICE capability, e.g. `--cap-add NET_BIND_SERVICE`
-#   with `docker run --user 0`, or a port >= 1024 (the default Corefile uses 1053).
-# - node-local mode (-localip, the DaemonSet in deploy/): as root (runAsUser: 0) with NET_ADMIN
-#   added, to create the interface and the iptables/ebtables rules, as node-cache does.
-# Not built in CI (no container engine there); tests/test_deploy_image.py lints this file.
+# linkdns image: python slim + the package. The entrypoint (deploy/image/entrypoint.sh) picks
+# the privileges by mode, so the stock NodeLocal DNSCache DaemonSet runs it unchanged:
+# - node-local mode (-localip): stays root, with the NET_ADMIN the DaemonSet adds, to create the
+#   interface and the iptables/ebtables rules, as node-cache does;
+# - otherwise: drops to the unprivileged user 10001, keeping only NET_BIND_SERVICE (port 53).
+# Not built in CI (no container engine or base images there); tests/test_deploy_image.py lints
+# this file, checks what it copies and runs the entrypoint.
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -23,7 +23,7 @@ RUN apt-get update \
        --shell /usr/sbin/nologin linkdns
 COPY --from=build /install /usr/local
 COPY Corefile.example /etc/linkdns/Corefile
-USER 10001
+COPY deploy/image/entrypoint.sh /usr/local/bin/linkdns-entrypoint
 EXPOSE 53/udp 53/tcp 9253 8080 8181
-ENTRYPOINT ["linkdns"]
+ENTRYPOINT ["linkdns-entrypoint"]
 CMD ["-conf", "/etc/linkdns/Corefile"]
