@@ -4,16 +4,22 @@
 
 from __future__ import annotations
 
+import secrets
+import shutil
 import signal
+import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 import dns.message
 import dns.query
 import dns.rcode
+import pytest
 from fakeupstream import FakeUpstream
 from netns import (
     ENV,
     LOCAL,
+    REASON,
     Daemon,
     addresses,
     ask,
@@ -27,6 +33,8 @@ from netns import (
     upstream,
     wait_until,
 )
+
+from linkdns.nodelocal.rules import EBTables, Found, Rule, broute_rules
 
 pytestmark = needed
 __all__ = ["ns", "upstream"]  # fixtures
@@ -151,3 +159,73 @@ def test_ipv6_local_ip(ns: str, upstream: FakeUpstream, tmp_path: Path) -> None:
         assert d.stop() == 0, d.out
     assert "fd00::10" not in sh(ns, "ip6tables-save")
     assert addresses(ns) is None
+
+
+def _no_broute() -> str | None:
+    """Why the ebtables broute table cannot be used here (None: it can)."""
+    if REASON is not None:
+        return REASON
+    if shutil.which("ebtables") is None:
+        return "needs the 'ebtables' command (apt-get install ebtables)"
+    name = f"linkdns-probe-{secrets.token_hex(4)}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        p = subprocess.run(["ip", "netns", "exec", name, "ebtables", "-t", "broute", "-L"],
+                           capture_output=True, text=True)
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    if p.returncode != 0:
+        return ("the kernel has no ebtables broute table (CONFIG_BRIDGE_EBT_BROUTE, or "
+                f"CONFIG_NFT_BRIDGE_META for ebtables-nft): {p.stderr.strip()}")
+    return None
+
+
+NO_BROUTE = _no_broute()
+
+
+def broute(ns: str) -> list[str]:
+    return [x.strip() for x in sh(ns, "ebtables", "-t", "broute", "-L", "BROUTING").splitlines()
+            if "--ip" in x]
+
+
+@pytest.mark.skipif(NO_BROUTE is not None, reason=NO_BROUTE or "")
+def test_setupebtables_adds_the_broute_rule_and_removes_it(
+        ns: str, upstream: FakeUpstream, tmp_path: Path) -> None:
+    d = Daemon(ns, "-localip", LOCAL, "-setupebtables", *config(tmp_path, upstream), env=ENV)
+    try:
+        d.wait_for("[INFO] linkdns-")
+        assert broute(ns) == [f"-p IPv4 --ip-dst {LOCAL} -j redirect"]
+        assert our_rules(ns) == expected_rules(LOCAL)
+        assert ask(ns, LOCAL, "example.org.").rcode() == dns.rcode.NOERROR
+    finally:
+        assert d.stop() == 0, d.out
+    assert broute(ns) == [] and our_rules(ns) == []
+
+
+@pytest.mark.skipif(REASON is not None or NO_BROUTE is None or shutil.which("ebtables") is None,
+                    reason=REASON or "the kernel has the broute table (tested above)")
+def test_setupebtables_without_a_broute_table_fails_and_undoes_its_setup(
+        ns: str, upstream: FakeUpstream, tmp_path: Path) -> None:
+    d = Daemon(ns, "-localip", LOCAL, "-setupebtables", *config(tmp_path, upstream), env=ENV)
+    assert d.stop(None) == 1
+    assert (f"[FATAL] nodelocal: failed to set up rules: ebtables -t broute -A BROUTING -p IPv4 "
+            f"--ip-dst {LOCAL} -j redirect: ") in d.out
+    assert "Tearing down what this instance set up" in d.out
+    assert our_rules(ns) == [] and addresses(ns) is None
+
+
+@pytest.mark.skipif(shutil.which("ebtables") is None, reason="needs the 'ebtables' command")
+def test_ebtables_rules_checked_added_and_deleted_by_real_ebtables(ns: str) -> None:
+    """The broute rules' matches and target, handled by the real ebtables in the nat table's
+    PREROUTING chain (any kernel with ebtables has it): listing, append, every copy deleted."""
+    def runner(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, text=True)
+
+    eb = EBTables(runner)
+    for rule in broute_rules([LOCAL], False) + broute_rules(["fd00::10"], True):
+        nat = Rule("nat", "PREROUTING", rule.args)
+        assert eb.ensure(nat) is Found.ADDED
+        assert eb.ensure(nat) is Found.PRESENT
+        sh(ns, "ebtables", "-t", "nat", "-A", "PREROUTING", *rule.args)  # a second copy
+        assert eb.count(nat) == 2
+        assert eb.delete(nat) == 2 and eb.count(nat) == 0
