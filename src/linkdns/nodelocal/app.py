@@ -253,7 +253,10 @@ class NodeLocal:
         except CommandError as e:
             log.critical("nodelocal: failed to set up rules: %s", e)
             return False
-        self._served = True
+        with self._lock:
+            if self._closed:  # exiting already (with -workers: stopped while setting up)
+                return False
+            self._served = True
         log.info("Node setup done - interface %s, %d rules",
                  self.p.interface if self.p.setup_interface else "(not set up)",
                  sum(len(rules) for _, rules in self._tables()))
