@@ -257,10 +257,10 @@ class NodeLocal:
             if self._closed:  # exiting already (with -workers: stopped while setting up)
                 return False
             self._served = True
+        self.metrics.start()
         log.info("Node setup done - interface %s, %d rules",
                  self.p.interface if self.p.setup_interface else "(not set up)",
                  sum(len(rules) for _, rules in self._tables()))
-        self.metrics.start()
         self._thread = threading.Thread(target=self._background, name="nodelocal-sync",
                                         daemon=True)
         self._thread.start()
