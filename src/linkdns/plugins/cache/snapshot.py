@@ -84,18 +84,19 @@ def records(cache: Cache, now: float) -> Iterator[Record]:
         yield key, b"\x00\x00" + flags + h[2:] + key[:-1] + e.rest, ttl, age
 
 
+#: a query's header (ID 0, RD, QDCOUNT 1) by the key's DO/CD byte, and the OPT of a DO query
+_QHEAD = tuple(bytes((0, 0, 1, 0x10 if f & 2 else 0, 0, 1, 0, 0, 0, 0, 0, f & 1))
+               for f in range(4))
+_DO_OPT = wire.make_opt(1232, True)
+
+
 def query_for(key: bytes) -> wire.Query | None:
     """The query a cache key stands for, read back by ``scan_query``; None if the key is not
     one (its own key must come back unchanged)."""
     if len(key) < 6 or key[-1] > 3:
         return None
-    name, qtype, qclass = key[:-5], key[-5:-3], key[-3:-1]
-    if qclass != b"\x00\x01":
-        return None
     flag = key[-1]
-    do, cd = bool(flag & 1), bool(flag & 2)
-    data = wire.make_query(name, (qtype[0] << 8) | qtype[1], 0,
-                           opt=wire.make_opt(1232, True) if do else b"", cd=cd)
+    data = _QHEAD[flag] + key[:-1] + (_DO_OPT if flag & 1 else b"")
     try:
         st, q = wire.scan_query(data)
     except (IndexError, struct.error):
