@@ -230,8 +230,14 @@ def test_the_file_is_replaced_atomically(up: FakeUpstream, tmp_path: Path,
     assert up.queries == []
 
 
-def test_the_hand_over_hook_saves_and_the_stop_after_it_does_not(
-        up: FakeUpstream, tmp_path: Path) -> None:
+@pytest.mark.parametrize("taken", [
+    pytest.param(True, id="successor-serves"),
+    pytest.param(False, id="successor-failed"),
+])
+def test_the_hand_over_hook_saves_and_the_stop_after_it_only_if_still_serving(
+        up: FakeUpstream, tmp_path: Path, taken: bool) -> None:
+    """The hook saves; the old instance's stop then saves again only when no successor took
+    the sockets (it went on serving, so its entries are the newest)."""
     snap = tmp_path / "cache.snap"
     conf = corefile(up, snap)
     with Running(conf) as srv:
@@ -239,9 +245,11 @@ def test_the_hand_over_hook_saves_and_the_stop_after_it_does_not(
         hooks = srv.server.handover_hooks
         assert len(hooks) == 1
         srv.run(lambda: [h() for h in hooks])  # what the old instance runs before handing over
+        srv.server.handed_over = taken  # what the hand-over says happened
         srv.query("b.example.org.")
     _, recs = snapshot.decode(snap.read_bytes())
-    assert [r[0][:3] for r in recs] == [b"\x01a\x07"]  # only what the hook saw
+    saved = sorted(r[0][:3] for r in recs)
+    assert saved == ([b"\x01a\x07"] if taken else [b"\x01a\x07", b"\x01b\x07"])
 
 
 def test_a_reload_carries_the_entries_over(up: FakeUpstream, tmp_path: Path) -> None:

@@ -287,16 +287,20 @@ class Snapshot:
                 hooks.append(self.before_handover)
 
     def stop(self) -> None:
-        """Save the entries, unless the hand-over hook did already or the server never
-        started (a start that failed must not replace the file it only read)."""
+        """Save the entries, unless the hand-over hook did already and a successor took the
+        sockets (it loaded the file, and will save in turn), or the server never started (a
+        start that failed must not replace the file it only read)."""
         site = self.cache.site
+        successor = self.handed_over
         if site is not None:
             hooks = site.server.handover_hooks
             if self.before_handover in hooks:
                 hooks.remove(self.before_handover)
             if not site.server.started.is_set():
                 return
-        if not self.handed_over:
+            # False when the successor failed after the hook ran: this instance serves on
+            successor = successor and getattr(site.server, "handed_over", True)
+        if not successor:
             self.save()
 
     def before_handover(self) -> None:
