@@ -25,7 +25,7 @@ of:
 * a :class:`dns.message.Message` -- sent with the query's ID (same as ``Reply(msg)``);
 * ``bytes`` -- sent verbatim (same as ``Reply(data)``);
 * an :class:`Action` (``Reply``, ``Drop``, ``Garbage``, ``Truncated``, ``WrongID``,
-  ``WrongQuestion``, ``FromWrongPort``, ``CloseTCP``, ``Multi``, ``Hold``);
+  ``WrongQuestion``, ``FromWrongPort``, ``CloseTCP``, ``PartialTCP``, ``Multi``, ``Hold``);
 * a list/tuple of the above -- all are performed (each with its own delay).
 """
 
@@ -68,6 +68,7 @@ __all__ = [
     "HandlerResult",
     "Hold",
     "Multi",
+    "PartialTCP",
     "QueryRecord",
     "Reply",
     "Truncated",
@@ -437,6 +438,20 @@ class CloseTCP(Action):
 
 
 @dataclass
+class PartialTCP(Action):
+    """Over TCP: send the length prefix of *msg* (default: the default answer) and only its
+    first *cut* bytes, then reset the connection (``reset=False``: close it with FIN).
+
+    Over UDP: an empty reply with TC=1, so a resolver comes back over TCP and meets the cut.
+    """
+
+    msg: MsgOrWire | None = None
+    cut: int = 20
+    reset: bool = True
+    delay: float = 0.0
+
+
+@dataclass
 class Hold(Action):
     """Perform *then* (``None``: the default answer) once *gate* is set.
 
@@ -558,6 +573,18 @@ class _TcpChannel(_Channel):
         self.lock = asyncio.Lock()
         self.closed = False
 
+    async def send_partial(self, data: bytes, cut: int, reset: bool) -> None:
+        """The length prefix of *data* and its first *cut* bytes, then close."""
+        async with self.lock:
+            if self.closed:
+                return
+            try:
+                self.writer.write(len(data).to_bytes(2, "big") + data[:cut])
+                await self.writer.drain()
+            except (ConnectionError, RuntimeError):
+                pass
+            self.close(reset)
+
     async def send(self, data: bytes) -> None:
         async with self.lock:
             if self.closed:
@@ -652,6 +679,7 @@ class FakeUpstream:
         self._tasks: set[asyncio.Task[None]] = set()  # actions being performed
         self._conn_tasks: set[asyncio.Task[Any]] = set()  # one per TCP connection
         self._tcp_channels: set[_TcpChannel] = set()
+        self._tcp_server: asyncio.Server | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -762,6 +790,7 @@ class FakeUpstream:
             transport.close()
             tcp_sock.close()
             raise
+        self._tcp_server = server
         self._ready.set()
         try:
             await self._stopping.wait()
@@ -781,6 +810,22 @@ class FakeUpstream:
                 await asyncio.gather(*stuck, return_exceptions=True)
             await server.wait_closed()
             await asyncio.sleep(0)  # let transports finish closing
+
+    def refuse_tcp(self) -> None:
+        """Close the TCP listening socket (new connections are refused: RST to the SYN) and
+        reset the connections already open. UDP keeps working. Not undone until stop()."""
+        loop, server = self._loop, self._tcp_server
+        assert loop is not None and server is not None
+
+        def close() -> None:
+            server.close()
+            for ch in list(self._tcp_channels):
+                ch.close(reset=True)
+
+        loop.call_soon_threadsafe(close)
+        deadline = time.monotonic() + 2.0
+        while server.is_serving() and time.monotonic() < deadline:
+            time.sleep(0.005)
 
     # ------------------------------------------------------------ serving
 
@@ -925,6 +970,12 @@ class FakeUpstream:
                     await ch.send(data)
             case CloseTCP(reset=reset):
                 ch.close(reset)
+            case PartialTCP(msg=msg, cut=cut, reset=reset):
+                if isinstance(ch, _TcpChannel):
+                    data = render(self._msg_or_default(msg, query), query.id)
+                    await ch.send_partial(data, cut, reset)
+                else:
+                    await ch.send(render(tc_reply(query)))
             case _:
                 raise TypeError(f"unknown action {result!r}")
 

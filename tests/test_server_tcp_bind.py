@@ -14,7 +14,7 @@ import pytest
 from fakeupstream import FakeUpstream, Hold
 from harness import Running, query
 
-from linkdns.server import listen
+from linkdns.server import tcp
 
 
 def _recv_or_closed(s: socket.socket, timeout: float) -> bytes:
@@ -28,7 +28,7 @@ def _recv_or_closed(s: socket.socket, timeout: float) -> bytes:
 
 
 def test_idle_tcp_connection_is_closed(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(listen, "TCP_IDLE_TIMEOUT", 0.3)
+    monkeypatch.setattr(tcp, "TCP_IDLE_TIMEOUT", 0.3)
     with Running(".:0 {\n bind 127.0.0.1\n errors\n}\n") as srv:
         s = socket.create_connection(("127.0.0.1", srv.port), timeout=3)
         t0 = time.monotonic()
@@ -37,23 +37,61 @@ def test_idle_tcp_connection_is_closed(monkeypatch: pytest.MonkeyPatch) -> None:
         s.close()
 
 
-def test_tcp_connections_are_capped(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(listen, "TCP_MAX_CONNECTIONS", 2)
+def _answer(s: socket.socket, name: str) -> int:
+    q = dns.message.make_query(name, "A").to_wire()
+    s.sendall(len(q).to_bytes(2, "big") + q)
+    s.settimeout(3)
+    n = int.from_bytes(s.recv(2), "big")
+    return dns.message.from_wire(s.recv(n)).rcode()
+
+
+def test_tcp_connections_are_capped_the_longest_idle_makes_room(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tcp, "TCP_MAX_CONNECTIONS", 2)
     with Running(".:0 {\n bind 127.0.0.1\n errors\n}\n") as srv:
-        keep = [socket.create_connection(("127.0.0.1", srv.port), timeout=3) for _ in range(2)]
         (ln,) = srv.server.listeners.values()
-        deadline = time.monotonic() + 5  # until the server has accounted for both
-        while srv.run(lambda: len(ln.tcp_conns)) < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        keep = []
+        for _ in range(2):
+            keep.append(socket.create_connection(("127.0.0.1", srv.port), timeout=3))
+            deadline = time.monotonic() + 5  # until the server has accounted for it
+            while srv.run(lambda: len(ln.tcp_conns)) < len(keep) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(0.01)  # distinct "last activity" times
+        assert _answer(keep[1], "b.example.org.") == dns.rcode.SERVFAIL  # keep[1] active
         extra = socket.create_connection(("127.0.0.1", srv.port), timeout=3)
-        assert _recv_or_closed(extra, 2) == b""  # closed at once, over the cap
-        # the connections under the cap still work
-        q = dns.message.make_query("example.org.", "A").to_wire()
-        keep[0].sendall(len(q).to_bytes(2, "big") + q)
-        n = int.from_bytes(keep[0].recv(2), "big")
-        assert dns.message.from_wire(keep[0].recv(n)).rcode() == dns.rcode.SERVFAIL
+        # over the cap: the new client is served, the connection idle the longest closed
+        assert _answer(extra, "c.example.org.") == dns.rcode.SERVFAIL
+        assert _recv_or_closed(keep[0], 2) == b""
+        assert _answer(keep[1], "d.example.org.") == dns.rcode.SERVFAIL
+        assert srv.run(lambda: len(ln.tcp_conns)) == 2
         for s in [*keep, extra]:
             s.close()
+
+
+def test_tcp_connection_over_the_cap_refused_when_all_have_work_in_flight(
+        monkeypatch: pytest.MonkeyPatch, up: FakeUpstream) -> None:
+    monkeypatch.setattr(tcp, "TCP_MAX_CONNECTIONS", 2)
+    gate = threading.Event()
+    up.handler = lambda q, p: Hold(gate)
+    with Running(f".:0 {{\n bind 127.0.0.1\n forward . {up.addr}\n}}\n") as srv:
+        keep = [socket.create_connection(("127.0.0.1", srv.port), timeout=3) for _ in range(2)]
+        for i, s in enumerate(keep):
+            q = dns.message.make_query(f"busy{i}.example.", "A").to_wire()
+            s.sendall(len(q).to_bytes(2, "big") + q)
+        up.wait_for(2)
+        try:
+            extra = socket.create_connection(("127.0.0.1", srv.port), timeout=3)
+            assert _recv_or_closed(extra, 2) == b""  # closed at once: no room
+            (ln,) = srv.server.listeners.values()
+            assert srv.server.stats.drops[(ln.name, "tcp_limit")] == 1
+        finally:
+            gate.set()
+        for s in keep:
+            s.settimeout(3)
+            n = int.from_bytes(s.recv(2), "big")
+            assert dns.message.from_wire(s.recv(n)).rcode() == dns.rcode.NOERROR
+            s.close()
+        extra.close()
 
 
 def test_bind_listens_only_on_the_given_address() -> None:
@@ -107,7 +145,7 @@ def test_log_custom_format(caplog: pytest.LogCaptureFixture) -> None:
 def test_tcp_pipeline_over_the_cap_is_refused_and_the_rest_answered(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(listen, "TCP_MAX_PENDING", 2)
+    monkeypatch.setattr(tcp, "TCP_MAX_PENDING", 2)
     with FakeUpstream() as up:
         gate = threading.Event()  # the upstream holds the first two until a reply arrives
         up.handler = lambda q, p: Hold(gate)

@@ -80,8 +80,8 @@ def test_acl_drop_counts(srv: Running) -> None:
 
 def test_tcp_frame_left_unfinished_counts_when_the_idle_timer_closes_it(
         srv: Running, monkeypatch: pytest.MonkeyPatch) -> None:
-    from linkdns.server import listen
-    monkeypatch.setattr(listen, "TCP_IDLE_TIMEOUT", 0.2)
+    from linkdns.server import tcp
+    monkeypatch.setattr(tcp, "TCP_IDLE_TIMEOUT", 0.2)
     with socket.create_connection(("127.0.0.1", srv.port), timeout=2) as s:
         s.sendall(b"\x00\x40\x12\x34")  # promises 64 bytes, sends 2
         assert s.recv(10) == b""  # closed by the server

@@ -17,7 +17,8 @@ from linkdns import wire
 from linkdns.plugin import Handler
 from linkdns.request import Request
 from linkdns.server.stats import ZoneStats, size_bucket
-from linkdns.writer import TCPWriter, UDPWriter, Writer
+from linkdns.server.tcp import TCPProtocol, tcp_limit
+from linkdns.writer import UDPWriter, Writer
 
 if TYPE_CHECKING:
     from linkdns.server.core import Server
@@ -27,9 +28,6 @@ log = logging.getLogger("linkdns.server")
 
 _perf = time.perf_counter
 
-TCP_IDLE_TIMEOUT = 10.0  # seconds a TCP connection may sit idle (CoreDNS: 10s read timeout)
-TCP_MAX_CONNECTIONS = 1000
-TCP_MAX_PENDING = 100  # pipelined queries in flight per connection
 #: slow-path queries in flight per listener (unbound's num-queries-per-thread): a UDP query
 #: over it is dropped and counted (reason ``flood``), a TCP one answered REFUSED
 MAX_INFLIGHT = 1024
@@ -92,6 +90,7 @@ class Listener:
         self.udp: asyncio.DatagramTransport | None = None
         self.tcp: asyncio.Server | None = None
         self.tcp_conns: set[TCPProtocol] = set()
+        self.tcp_max = tcp_limit()
         self.accepting = True
         #: slow-path queries being worked on (``linkdns_queries_in_flight``) and their cap
         self.inflight = 0
@@ -195,6 +194,19 @@ class Listener:
         zs.count_request(qtype, tcp, v6, q is not None and q.do, len(data))
         if reply is not None:
             zs.count_response(rc, "", tcp, len(reply), 0.0)
+
+    def make_room(self) -> bool:
+        """At the TCP connection limit: close the connection idle the longest (no query of
+        its in flight) so a new client is served; False when every one has work in flight."""
+        idle = [c for c in self.tcp_conns if c.pending == 0]
+        if not idle:
+            return False
+        oldest = min(idle, key=lambda c: c.last)
+        if oldest.buf:
+            self.drop("tcp_limit")  # its unfinished frame is lost
+        self.tcp_conns.discard(oldest)
+        oldest.close()
+        return True
 
     def drop(self, reason: str) -> None:
         """Count a query received here and not answered (``linkdns_dropped_queries_total``)."""
@@ -355,108 +367,3 @@ class UDPProtocol(asyncio.DatagramProtocol):
 
     def error_received(self, exc: Exception) -> None:
         log.debug("udp error: %s", exc)
-
-
-class TCPProtocol(asyncio.Protocol):
-    """RFC 7766: 2-byte length framing, pipelined queries answered as they complete."""
-
-    def __init__(self, listener: Listener) -> None:
-        self.listener = listener
-        self.transport: asyncio.Transport | None = None
-        self.buf = bytearray()
-        self.peer: Any = None
-        self.idle: asyncio.TimerHandle | None = None
-        self.pending = 0
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        ln = self.listener
-        if len(ln.tcp_conns) >= TCP_MAX_CONNECTIONS or not ln.accepting:
-            # Closed unread: whatever it carried counts as one query dropped.
-            ln.drop("tcp_limit" if ln.accepting else "shutdown")
-            transport.close()
-            return
-        ln.tcp_conns.add(self)
-        self.peer = transport.get_extra_info("peername")
-        self._arm()
-
-    def _arm(self) -> None:
-        if self.idle is not None:
-            self.idle.cancel()
-        self.idle = asyncio.get_running_loop().call_later(TCP_IDLE_TIMEOUT, self._idle)
-
-    def _idle(self) -> None:
-        if self.pending == 0:
-            if self.buf:
-                self.listener.drop("tcp_timeout")  # a frame begun and never finished
-            self.close()
-        else:
-            self._arm()
-
-    def close(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.listener.tcp_conns.discard(self)
-        if self.idle is not None:
-            self.idle.cancel()
-
-    def data_received(self, data: bytes) -> None:
-        self.buf += data
-        self._arm()
-        for frame in wire.split_frames(self.buf):
-            try:
-                self.query(frame)
-            except Exception:  # a bug on the TCP path: as for UDP (see Listener.panic)
-                err = self.listener.panic(frame, self.peer, True)
-                if err is not None and self.transport is not None:
-                    self.transport.write(len(err).to_bytes(2, "big") + err)
-
-    def query(self, data: bytes) -> None:
-        t0 = _perf()
-        ln = self.listener
-        tr = self.transport
-        assert tr is not None
-        v6 = len(self.peer) > 2
-        reply: bytes | bytearray | None
-        m = ln.memo.get(data[2:])
-        if m is not None:
-            m.q.data = data
-            reply = ln.hit(m, 65535, True, v6, t0)
-            q, r = m.q.copy(data), m.route
-        else:
-            reply, fq, fr = ln.fresh(data, self.peer, True, v6, t0)
-            if fq is None or fr is None:
-                if reply is not None:
-                    tr.write(len(reply).to_bytes(2, "big") + reply)
-                return
-            q, r = fq, fr
-        if reply is not None:
-            tr.write(len(reply).to_bytes(2, "big") + reply)
-            return
-        if self.pending >= TCP_MAX_PENDING or ln.inflight >= ln.max_inflight:
-            # Too many pipelined queries in flight on this connection, or on the listener:
-            # refuse this one (the ones in flight still get their answers), counted under the
-            # dropped zone. A TCP client does not retry a query within its connection, so
-            # it gets an answer rather than silence.
-            err = wire.error_reply(q, data, wire.REFUSED)
-            tr.write(len(err).to_bytes(2, "big") + err)
-            ln.dropped(data, q, True, v6, err, wire.REFUSED)
-            return
-        self.pending += 1
-        ln.slow(q, r, self.peer, lambda req: _TCPDone(req, tr, self), True, v6)
-
-
-class _TCPDone(TCPWriter):
-    """A TCP writer that tells its connection when the reply went out."""
-
-    __slots__ = ("conn",)
-
-    def __init__(self, req: Request, transport: asyncio.Transport, conn: TCPProtocol) -> None:
-        super().__init__(req, transport)
-        self.conn = conn
-
-    def _emit(self, out: bytes) -> None:
-        super()._emit(out)
-        self.conn.pending -= 1
