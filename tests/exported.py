@@ -1,11 +1,11 @@
 """What a running linkdns exports, and what a PromQL expression asks for.
 
-:func:`scrape` starts the real daemon (``python -m linkdns``) on 127.0.0.1 in front of a
-FakeUpstream, sends it real traffic (misses, hits, NXDOMAIN, SERVFAIL, TCP, an upstream that
-is down so its health checks fail) and reads ``/metrics``: the sample names it exports, each
-with its label names. :func:`selectors` pulls the metric names and the label names out of a
-PromQL expression (the dashboard's panels, the alert rules), so the tests can check one
-against the other.
+:func:`scrape` starts the real daemon (``python -m linkdns``, in node-local mode without the
+privileged set-up) on 127.0.0.1 in front of a FakeUpstream, sends it real traffic (misses,
+hits, NXDOMAIN, SERVFAIL, TCP, an upstream that is down so its health checks fail) and reads
+both ``/metrics`` endpoints: the sample names they export, each with its label names.
+:func:`selectors` pulls the metric names and the label names out of a PromQL expression (the
+dashboard's panels, the alert rules), so the tests can check one against the other.
 """
 
 from __future__ import annotations
@@ -39,13 +39,17 @@ def _handler(q: dns.message.Message, proto: str) -> dns.message.Message | None:
 
 @functools.cache
 def scrape() -> dict[str, frozenset[str]]:
-    """{sample name: label names} from a linkdns that served real traffic (run once)."""
-    port, metrics, ready, dead = free_port(), free_port(), free_port(), free_port()
+    """{sample name: label names} from a linkdns that served real traffic (run once).
+
+    It runs in node-local mode as the DaemonSet runs it (Corefile rendered from a base, the
+    local IP in `bind`), with the interface and iptables set-up off so it needs no privileges,
+    and both endpoints are read: the prometheus plugin's and node-cache's own."""
+    port, metrics, ready, dead, nodecache = (free_port() for _ in range(5))
     with FakeUpstream(handler=_handler) as up, tempfile.TemporaryDirectory() as tmp:
-        conf = Path(tmp) / "Corefile"
-        conf.write_text(f"""
+        base = Path(tmp) / "Corefile.base"
+        base.write_text(f"""
 .:{port} {{
-    bind 127.0.0.1
+    bind __PILLAR__LOCAL__DNS__
     errors
     cache 30
     forward . {up.addr}
@@ -53,7 +57,7 @@ def scrape() -> dict[str, frozenset[str]]:
     ready 127.0.0.1:{ready}
 }}
 down.test:{port} {{
-    bind 127.0.0.1
+    bind __PILLAR__LOCAL__DNS__
     cache 30
     forward . 127.0.0.1:{dead} {{
         health_check 0.1s
@@ -61,12 +65,17 @@ down.test:{port} {{
     prometheus 127.0.0.1:{metrics}
 }}
 """)
-        proc = subprocess.Popen([sys.executable, "-m", "linkdns", "-conf", str(conf)],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "linkdns", "-localip", "127.0.0.1", "-setupinterface=false",
+             "-setupiptables=false", "-basecorefile", str(base), "-conf",
+             str(Path(tmp) / "Corefile"), "-kubednscm", str(Path(tmp) / "no-kube-dns"),
+             "-metrics-listen-address", f"127.0.0.1:{nodecache}"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
             _wait_ready(ready, proc)
             _traffic(port)
             text = _wait_for(metrics, "coredns_proxy_healthcheck_failures_total{")
+            text += _wait_for(nodecache, "coredns_nodecache_setup_errors_total{")
         finally:
             proc.terminate()
             out, _ = proc.communicate(timeout=20)

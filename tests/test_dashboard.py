@@ -45,7 +45,7 @@ def test_panels_cover_what_an_operator_needs() -> None:
         "coredns_cache_requests_total", "coredns_cache_entries", "coredns_cache_evictions_total",
         "coredns_proxy_request_duration_seconds_bucket",
         "coredns_proxy_healthcheck_failures_total", "linkdns_queries_in_flight",
-        "linkdns_dropped_queries_total"}
+        "linkdns_dropped_queries_total", "coredns_nodecache_setup_errors_total"}
     rcode = next(e for t, e in exprs() if t == "Responses by rcode")
     assert "by (rcode)" in rcode
     # per node: every query is narrowed by the node variable, which lists linkdns targets

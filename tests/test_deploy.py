@@ -186,7 +186,10 @@ def test_probes_and_metrics_service_point_at_what_the_corefile_serves(
     svc = find(docs, "Service", "node-local-dns")
     assert svc["spec"]["clusterIP"] == "None"
     assert svc["spec"]["selector"] == ds["spec"]["selector"]["matchLabels"]
-    assert [p["targetPort"] for p in svc["spec"]["ports"]] == [9253]
+    assert [p["targetPort"] for p in svc["spec"]["ports"]] == [9253, 9353]
+    # 9353: node-cache's own endpoint, on by default (-metrics-listen-address)
+    args = make_parser().parse_args(c["args"])
+    assert args.metrics_listen_address == "0.0.0.0:9353"
     for meta in (svc["metadata"], ds["spec"]["template"]["metadata"]):
         assert meta["annotations"] == {"prometheus.io/port": "9253",
                                        "prometheus.io/scrape": "true"}

@@ -111,6 +111,16 @@ def upstream_row() -> list[Timeseries]:
     ]
 
 
+def setup_row() -> list[Timeseries]:
+    return [
+        panel("node-cache setup errors", "short",
+              "Interface, iptables/ebtables, xtables lock and ConfigMap errors of node-local "
+              "mode, by type (node-cache's metrics endpoint, :9353)",
+              q(f"sum by (errortype) (increase(coredns_nodecache_setup_errors_total{{{SEL}}}"
+                f"{RATE}))", "{{errortype}}")),
+    ]
+
+
 def build() -> Dashboard:
     node = (QueryVariable("node").label("node").datasource(DS)
             .query("label_values(coredns_build_info{goversion=~\"python.*\"}, instance)")
@@ -123,7 +133,7 @@ def build() -> Dashboard:
          .with_variable(DatasourceVariable("datasource").label("Data source").type("prometheus"))
          .with_variable(node))
     for title, panels in (("Queries", queries_row()), ("Cache", cache_row()),
-                          ("Upstreams", upstream_row())):
+                          ("Upstreams", upstream_row()), ("Node setup", setup_row())):
         d = d.with_row(Row(title))
         for p in panels:
             d = d.with_panel(p)
