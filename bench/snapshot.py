@@ -227,21 +227,35 @@ class Client(asyncio.DatagramProtocol):
         return max(b - a for a, b in itertools.pairwise(ts))
 
 
+CASES = {
+    "plain": "linkdns stop-then-start",
+    "snap": "linkdns stop-then-start, snapshot",
+    "unbound": "unbound stop-then-start",
+}
+
+
 async def restart_case(reg: bl.ProcessRegistry, work: Path, up: CountingUpstream,
-                       snapshot: bool, args: argparse.Namespace) -> dict[str, Any]:
-    port = bl.PortAllocator(20000 + (7 if snapshot else 3) * 311).take()
-    conf = work / f"Corefile-{'snap' if snapshot else 'plain'}"
-    snap = f"\n        snapshot {work}/cache.snap" if snapshot else ""
-    conf.write_text(f".:{port} {{\n    bind 127.0.0.1\n    cache {{\n        success "
-                    f"{args.names * 2}{snap}\n    }}\n"
-                    f"    forward . 127.0.0.1:{up.port}\n}}\n")
-    cmd = [args.python, "-m", "linkdns", "-conf", str(conf)]
-    env = bl.linkdns_env(True)
-    name = "snap" if snapshot else "plain"
-    old = reg.start(f"linkdns-{name}-old", cmd, env)
+                       case: str, args: argparse.Namespace) -> dict[str, Any]:
+    port = bl.PortAllocator(20000 + (list(CASES).index(case) + 3) * 311).take()
+    env: dict[str, str] | None = None
+    if case == "unbound":
+        unbound = bl.which("unbound")
+        if unbound is None:
+            raise bl.Abort(bl.missing_message("unbound"))
+        conf = bl.render_unbound(None, work, port, up.port)
+        cmd = [unbound, "-d", "-c", str(conf)]
+    else:
+        conf = work / f"Corefile-{case}"
+        snap = f"\n        snapshot {work}/cache.snap" if case == "snap" else ""
+        conf.write_text(f".:{port} {{\n    bind 127.0.0.1\n    cache {{\n        success "
+                        f"{args.names * 2}{snap}\n    }}\n"
+                        f"    forward . 127.0.0.1:{up.port}\n}}\n")
+        cmd = [args.python, "-m", "linkdns", "-conf", str(conf)]
+        env = bl.linkdns_env(True)
+    old = reg.start(f"{case}-old", cmd, env)
     err = await asyncio.to_thread(bl.wait_ready, port, old, 30.0, "probe.example.")
     if err:
-        raise bl.Abort(f"linkdns: {err}\n{old.output_tail()}")
+        raise bl.Abort(f"{case}: {err}\n{old.output_tail()}")
     names = [wire.text_to_name(f"name-{i}.bench.example.") for i in range(args.names)]
     loop = asyncio.get_running_loop()
     tr, client = await loop.create_datagram_endpoint(
@@ -252,7 +266,7 @@ async def restart_case(reg: bl.ProcessRegistry, work: Path, up: CountingUpstream
     t_stop = time.monotonic()
     await asyncio.to_thread(reg.stop, old, 20.0)
     t_start = time.monotonic()
-    new = reg.start(f"linkdns-{name}-new", cmd, env)
+    new = reg.start(f"{case}-new", cmd, env)
     await asyncio.sleep(10.0)
     done.set()
     await runner
@@ -260,7 +274,7 @@ async def restart_case(reg: bl.ProcessRegistry, work: Path, up: CountingUpstream
     reg.stop(new)
     t_end = t_start + 10.0
     return {
-        "case": "stop-then-start with snapshot" if snapshot else "stop-then-start",
+        "case": CASES[case],
         "upstream_queries_first_10s": up.between(t_start, t_end),
         "failed_queries": client.failed,
         "longest_gap_ms": round(client.longest_gap(t_stop - 1, t_end) * 1000),
@@ -274,19 +288,19 @@ def restart_bench(args: argparse.Namespace) -> dict[str, Any]:
     (work / "logs").mkdir()
     reg = bl.ProcessRegistry(work / "logs")
     up = CountingUpstream()
-    bl.install_signal_handlers(240)
+    bl.install_signal_handlers(360)
     cases = []
     try:
-        for snapshot in (False, True):
-            cases.append(asyncio.run(restart_case(reg, work, up, snapshot, args)))
+        for case in args.cases.split(","):
+            cases.append(asyncio.run(restart_case(reg, work, up, case, args)))
     finally:
         up.close()
         bl.clean_up(reg, work, args.keep_workdir)
     print(f"restart, {args.names} names at {args.rate:.0f} q/s, 1 s timeout, no retry:")
-    print(f"  {'case':30} {'upstream q, first 10 s':>22} {'failed':>7} {'longest gap':>12}"
+    print(f"  {'case':34} {'upstream q, first 10 s':>22} {'failed':>7} {'longest gap':>12}"
           f" {'stop took':>10}")
     for c in cases:
-        print(f"  {c['case']:30} {c['upstream_queries_first_10s']:>22} "
+        print(f"  {c['case']:34} {c['upstream_queries_first_10s']:>22} "
               f"{c['failed_queries']:>7} {c['longest_gap_ms']:>9} ms {c['stop_ms']:>7} ms")
     return {"names": args.names, "rate": args.rate, "cases": cases}
 
@@ -298,6 +312,8 @@ def main() -> int:
     ap.add_argument("--restart", action="store_true", help="the restart scenario instead")
     ap.add_argument("--names", type=int, default=2000)
     ap.add_argument("--rate", type=float, default=500.0)
+    ap.add_argument("--cases", default="plain,snap,unbound",
+                    help=f"restart cases, of {','.join(CASES)}")
     ap.add_argument("--python", default=sys.executable)
     ap.add_argument("--keep-workdir", action="store_true")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "out"))
