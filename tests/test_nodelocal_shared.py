@@ -174,6 +174,10 @@ def test_overlapping_instances_with_workers_last_one_out_tears_down(
     try:
         old.wait_for("Node setup done - interface nodelocaldns, 24 rules")
         assert our_rules(ns) == want
+        # one node setup, by the parent, after both workers listen
+        assert old.out.count("Node setup done") == 1
+        assert old.out.count("[INFO] linkdns-") == 2
+        assert old.out.index("Node setup done") > old.out.rindex("[INFO] linkdns-")
         new = Daemon(ns, *args, env=ENV)
         new.wait_for("Adopted 24 nodelocaldns rules already in place")
         assert old.stop() == 0, old.out
