@@ -313,3 +313,25 @@ def test_store_items_lists_entries_in_storing_order_as_a_copy() -> None:
     assert [k for k, _ in items] == keys
     s.remove(keys[0])
     assert len(items) == 3 and [k for k, _ in s.items()] == keys[1:]
+
+
+def test_a_failure_while_restoring_starts_empty_not_never(
+        up: FakeUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        cache_log: pytest.LogCaptureFixture) -> None:
+    snap = tmp_path / "cache.snap"
+    conf = corefile(up, snap)
+    fill(up, conf, ["a.example.org.", "b.example.org."])
+    real = Cache.restore
+    calls = []
+
+    def flaky(self: Cache, *a: object) -> object:
+        calls.append(a)
+        if len(calls) == 2:
+            raise RuntimeError("a bug")
+        return real(self, *a)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Cache, "restore", flaky)
+    up.handler = lambda q, proto: a_records(q, 1, 60, first=LATER)
+    with Running(conf) as srv:
+        assert addr(srv.query("a.example.org.")) == LATER  # the one restored was dropped
+    assert "starting empty" in cache_log.text and len(calls) == 2

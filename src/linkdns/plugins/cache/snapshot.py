@@ -323,7 +323,14 @@ class Snapshot:
                 log.warning("%s", f"ignoring snapshot {self.path}: {e}")
             return 0, 0, 0
         elapsed = max(0.0, time.time() - written)
-        n, m, k = restore(self.cache, recs, elapsed)
+        try:
+            n, m, k = restore(self.cache, recs, elapsed)
+        except Exception:  # a bug, not a bad file: start empty rather than not at all
+            log.exception("%s", f"restoring snapshot {self.path} failed; starting empty")
+            store = self.cache.store
+            for key, _ in store.items():
+                store.remove(key)
+            return 0, 0, 0
         log.info("%s", f"restored {n} entries from {self.path} ({m} expired, {k} skipped)"
                  f" in {(time.perf_counter() - t0) * 1000:.0f} ms, written {elapsed:.1f}s ago")
         return n, m, k
@@ -337,6 +344,9 @@ class Snapshot:
             write_file(self.path, encode(recs, time.time()))
         except OSError as e:
             log.error("%s", f"writing snapshot {self.path}: {e}")
+            return 0
+        except Exception:  # never in the way of a stop or a hand-over
+            log.exception("%s", f"writing snapshot {self.path} failed")
             return 0
         log.info("%s", f"saved {len(recs)} entries to {self.path}"
                  f" in {(time.perf_counter() - t0) * 1000:.0f} ms")
