@@ -117,6 +117,8 @@ def test_daemonset_is_upstreams_with_readiness_and_a_surge_update(
     ds = find(docs, "DaemonSet", "node-local-dns")
     assert ds["spec"]["updateStrategy"] == {
         "type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    # the probes cannot tell the two pods of a node apart: a pause before the old one goes
+    assert ds["spec"]["minReadySeconds"] >= 5
     pod = ds["spec"]["template"]
     spec = pod["spec"]
     assert ds["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
