@@ -1,8 +1,12 @@
 """Listeners: one UDP socket and one TCP server per (address, port), routing to sites by zone.
 
-The UDP ``datagram_received`` holds the hit path: header and question scan (wire.scan_query),
-longest-suffix zone routing on the lowercased wire name, the cache's synchronous ``hit`` and
-one ``sendto``; no task, no dnslib. Everything else becomes one task running the site's chain.
+The UDP ``datagram_received`` holds the hit path (:meth:`Listener.hit_wire`): the header and
+the question read in place, the cache key built from the datagram's own bytes (the name
+lowercased, type, class, DO/CD), longest-suffix zone routing on that name, the cache's
+synchronous ``hit_wire`` and one ``sendto``; no task, no dnslib, no Query object, and nothing
+remembered per query shape: the cache's own index is the only table a hit looks in, so the
+hit path is as fast for 40k hot names as for ten (see docs/plugins/cache.md). Everything else
+becomes one task running the site's chain.
 """
 
 from __future__ import annotations
@@ -31,46 +35,84 @@ _perf = time.perf_counter
 #: slow-path queries in flight per listener (unbound's num-queries-per-thread): a UDP query
 #: over it is dropped and counted (reason ``flood``), a TCP one answered REFUSED
 MAX_INFLIGHT = 1024
-MEMO_MAX = 8192  # scanned queries remembered per listener (cleared when full)
-#: the "hit once already" filter in front of the memo (see Listener.fresh): its size in bits,
-#: and how many shapes it takes in before it starts afresh (false positives stay under 2%)
-SEEN_BITS = 1 << 20
-SEEN_MAX = 16384
+
+#: header bytes 4-11 (QD=1, AN=NS=0, AR=0 or 1) of a query the hit path reads in place
+_COUNTS_PLAIN = b"\x00\x01\x00\x00\x00\x00\x00\x00"
+_COUNTS_OPT = b"\x00\x01\x00\x00\x00\x00\x00\x01"
+#: the cache key's last byte (wire.scan_query): DO | CD << 1
+_KEY_FLAG = (b"\x00", b"\x01", b"\x02", b"\x03")
+#: client OPT records (every byte after the question) seen on the hit path -> (UDP size, DO,
+#: the OPT our reply carries). A handful of shapes in practice (Go: 1232; systemd-resolved:
+#: its MTU with DO and RFC 6975 options; dig...); the first OPTS_MAX are kept, the rest are
+#: read every time (never cleared, so nothing to thrash). OPTs with a COOKIE are not kept
+#: (one per client): those queries take the scanning path.
+OPTS_MAX = 256
+_opts: dict[bytes, tuple[int, int, bytes]] = {}
+#: request-size bucket by query length (the usual lengths; longer ones are looked up)
+_QBUCKET = [size_bucket(n) for n in range(1024)]
+_NO_OPT = (wire.MIN_UDP, 0, b"")
+
+
+def opt_shape(raw: bytes) -> tuple[int, int, bytes] | None:
+    """(UDP size, DO, our reply's OPT) for the bytes after a query's question when they are
+    exactly one well-formed OPT (root owner, version 0, options that fit, no COOKIE); None
+    otherwise (the scanning path decides: FORMERR, BADVERS, a cookie to echo, a TSIG...)."""
+    shape = _opts.get(raw)
+    if shape is not None:
+        return shape
+    n = len(raw)
+    if n < 11 or raw[0] or raw[1:3] != b"\x00\x29" or raw[6]:
+        return None
+    if 11 + ((raw[9] << 8) | raw[10]) != n:
+        return None
+    p = 11
+    while p < n:
+        if p + 4 > n:
+            return None
+        if raw[p:p + 2] == b"\x00\x0a":  # COOKIE
+            return None
+        p += 4 + ((raw[p + 2] << 8) | raw[p + 3])
+    if p != n:
+        return None
+    size = (raw[3] << 8) | raw[4]
+    size = size if size > wire.MIN_UDP else wire.MIN_UDP
+    do = 1 if raw[7] & 0x80 else 0
+    shape = (size, do, wire.make_opt(size, bool(do)))
+    if len(_opts) < OPTS_MAX:
+        _opts[raw] = shape
+    return shape
+
+
+_sized_opts: dict[tuple[int, int, bytes], bytes] = {}
+
+
+def sized_opt(size: int, do: int, cookie: bytes = b"") -> bytes:
+    """Our reply's OPT for a client whose size a plugin lowered to ``size`` (bufsize)."""
+    k = (size, do, cookie)
+    opt = _sized_opts.get(k)
+    if opt is None:
+        opt = wire.make_opt(size, bool(do), cookie)
+        if len(_sized_opts) < OPTS_MAX and not cookie:
+            _sized_opts[k] = opt
+    return opt
 
 
 class Route:
-    """A zone of a site, as the router sees it."""
+    """A zone of a site, as the router sees it, with what a cache hit needs from the site:
+    its cache (None when the site cannot answer hits synchronously), the size hooks and
+    reply rewrites of the plugins in front of the cache."""
 
-    __slots__ = ("site", "stats", "zone")
+    __slots__ = ("cache", "rewrites", "site", "sizers", "stats", "zone")
 
     def __init__(self, site: Site, zone: str, stats: ZoneStats) -> None:
         self.site = site
         self.zone = zone
         self.stats = stats
-
-
-class Memo:
-    """What the hit path needs about one query shape (the datagram minus its ID)."""
-
-    __slots__ = ("cache", "do", "q", "qbucket", "qsize", "rewrites", "rkey", "route", "stats",
-                 "udp_size")
-
-    def __init__(self, q: wire.Query, r: Route) -> None:
-        self.q = q
-        self.route = r
-        self.stats = r.stats
-        site = r.site
         self.cache: HitCache | None = site.cache if site.fast else None
-        size = q.udp_size
-        for h in site.pre_hit:  # size hooks are pure: apply them once per shape
-            size = h.hit_size(size)
-        self.udp_size = size
+        self.sizers = tuple(h for h in site.pre_hit
+                            if type(h).hit_size is not Handler.hit_size)
         self.rewrites = tuple(h for h in site.pre_hit
                               if type(h).hit_rewrite is not Handler.hit_rewrite)
-        self.rkey = q.qtype << 2
-        self.do = q.do
-        self.qsize = len(q.data)
-        self.qbucket = size_bucket(self.qsize)
 
 
 class Listener:
@@ -81,11 +123,10 @@ class Listener:
         self.host = host
         self.port = port
         self.routes: dict[bytes, Route] = {}
-        #: scan memo: datagram minus ID -> (Query, Route); see scan()
-        self.memo: dict[bytes, Memo] = {}
-        #: shapes that were a cache hit once, a bit per hash (memoized on their second hit)
-        self.seen = bytearray(SEEN_BITS >> 3)
-        self.seen_count = 0
+        #: the zones other than the root, wire form (a name that ends in none of them is the
+        #: root's); the only route when it is the root's (no name to look at)
+        self.suffixes: tuple[bytes, ...] = ()
+        self.only: Route | None = None
         self.root: Route | None = None
         self.udp: asyncio.DatagramTransport | None = None
         self.tcp: asyncio.Server | None = None
@@ -111,25 +152,29 @@ class Listener:
                 routes[wire.text_to_name(zone)] = Route(site, zone, zs)
         self.routes = routes
         self.root = routes.get(b"\x00")
-        self.forget()
-
-    def forget(self) -> None:
-        """Drop the memo and the filter in front of it."""
-        self.memo.clear()
-        self.seen = bytearray(SEEN_BITS >> 3)
-        self.seen_count = 0
+        self.suffixes = tuple(z for z in routes if z != b"\x00")
+        self.only = self.root if len(routes) == 1 else None
 
     def route(self, q: wire.Query) -> Route | None:
         """Longest matching zone for the query's name."""
-        routes = self.routes
-        if len(routes) == 1 and self.root is not None:
+        if self.only is not None:
+            return self.only
+        return self.route_name(q.qname_lower)
+
+    def route_name(self, name: bytes) -> Route | None:
+        """Longest matching zone for a lowercased wire name (None: no zone, REFUSED)."""
+        if not name.endswith(self.suffixes):  # one C call: most names are the root's
             return self.root
-        name = q.key[: q.qname_end - wire.HEADER_LEN]
-        for off in q.labels:
+        routes = self.routes
+        off = 0
+        while True:
             r = routes.get(name[off:])
             if r is not None:
                 return r
-        return self.root
+            ln = name[off]
+            if not ln:
+                return None
+            off += ln + 1
 
     async def start(self, reuse_port: bool) -> None:
         loop = asyncio.get_running_loop()
@@ -249,61 +294,111 @@ class Listener:
             return None, None, err
         return q, r, None
 
-    def hit(self, m: Memo, size: int, tcp: bool, v6: bool, t0: float) -> bytearray | None:
-        """The synchronous cache-hit path: a reply ready to send, or None.
+    def hit_wire(self, data: bytes, tcp: bool, v6: bool, t0: float) -> bytearray | None:
+        """The hit path: a reply from the cache for ``data``, read in place, or None (not a
+        hit, or not a query this path reads: :meth:`fresh` decides).
 
-        ``m.q`` is a memoized Query lent for this call only (see :meth:`scan`)."""
-        cache = m.cache
+        Reads the header (QR=0, opcode QUERY, QD=1, AN=NS=0, AR=0 or one OPT) and takes the
+        question to end where the datagram ends (no OPT) or where its last 11 bytes, an OPT
+        without options seen before, start; otherwise it finds the end of the name with one
+        ``find`` of its zero byte. The key is the name lowercased (``bytes.lower`` only
+        touches A-Z, never a label length: those are <= 63), the raw type and class, and the
+        DO/CD byte, as ``wire.scan_query`` builds it. None of this is checked further, and
+        need not be: a key that matches a stored one has a well-formed name of that length
+        (label lengths are not changed by lowering), so the datagram is exactly a query for
+        it with that OPT; a datagram that is anything else cannot match and is a miss here
+        (the scanning path then answers it, errors included)."""
+        n = len(data)
+        if n < 17 or data[2] & 0xF8:  # QR, opcode
+            return None
+        counts = data[4:12]
+        shape: tuple[int, int, bytes] | None
+        if counts == _COUNTS_OPT:
+            shape = _opts.get(data[n - 11 :])  # an OPT without options: no search
+            if shape is not None:
+                qe = n - 11
+                z = qe - 5
+            else:
+                z = data.find(0, 12)
+                qe = z + 5
+                raw = data[qe:]
+                shape = _opts.get(raw) or opt_shape(raw)
+        elif counts == _COUNTS_PLAIN:
+            qe = n
+            z = n - 5
+            shape = _NO_OPT
+        else:
+            shape = None
+        if shape is None or z < 12:
+            return None
+        size, flag, opt = shape
+        if data[3] & 0x10:  # CD
+            flag |= 2
+        name = data[12 : z + 1].lower()
+        r = self.only or self.route_name(name)
+        if r is None:
+            return None
+        cache = r.cache
         if cache is None:
             return None
-        reply = cache.hit(m.q, size)
+        if r.sizers:
+            for h in r.sizers:
+                size = h.hit_size(size)
+            if opt:
+                opt = sized_opt(size, flag & 1)
+        reply = cache.hit_wire(name + data[z + 1 : qe] + _KEY_FLAG[flag], data, qe, opt,
+                             65535 if tcp else size)
         if reply is None:
             return None
-        for h in m.rewrites:
+        for h in r.rewrites:
             h.hit_rewrite(reply)
-        m.stats.count_hit(m.rkey | tcp << 1 | v6, m.do, m.qbucket, m.qsize, len(reply),
+        r.stats.count_hit(((data[z + 1] << 8 | data[z + 2]) << 2) | tcp << 1 | v6, flag & 1 == 1,
+                          _QBUCKET[n] if n < 1024 else size_bucket(n), n, len(reply),
+                          reply[3] & 0xF, tcp, _perf() - t0)
+        return reply
+
+    def hit(self, q: wire.Query, r: Route, tcp: bool, v6: bool, t0: float
+            ) -> bytearray | None:
+        """The hit path for a query it could not read in place (a COOKIE, say), scanned."""
+        cache = r.cache
+        if cache is None:
+            return None
+        size = q.udp_size
+        opt = wire.reply_opt(q) if q.has_opt else b""
+        if r.sizers:
+            for h in r.sizers:
+                size = h.hit_size(size)
+            if opt:
+                opt = sized_opt(size, q.do, q.cookie)
+        reply = cache.hit_wire(q.key, q.data, q.q_end, opt, 65535 if tcp else size)
+        if reply is None:
+            return None
+        for h in r.rewrites:
+            h.hit_rewrite(reply)
+        n = len(q.data)
+        r.stats.count_hit(q.qtype << 2 | tcp << 1 | v6, q.do, size_bucket(n), n, len(reply),
                           reply[3] & 0xF, tcp, _perf() - t0)
         return reply
 
     def fresh(self, data: bytes, peer: Any, tcp: bool, v6: bool, t0: float
               ) -> tuple[bytes | bytearray | None, wire.Query | None, Route | None]:
-        """A query whose shape the memo does not know: preflight, then the cache.
+        """A query the hit path did not answer: preflight, then the cache once more if the
+        hit path could not read it in place.
 
         Returns ``(reply, None, None)`` when answered here (an error reply or a cache hit),
-        ``(None, None, None)`` when dropped silently, ``(None, q, r)`` for the slow path (the
-        caller owns ``q``). A shape is remembered once it was a cache hit twice: the memo
-        then answers the next identical datagram (any ID) with the scan worked out here.
-        Misses never pay for it, and neither do names asked once (an ``ndots`` search
-        storm, a one-off lookup): the first hit only sets a bit in ``seen``, a filter of
-        shape hashes that starts afresh every SEEN_MAX shapes, so a shape is memoized when
-        it is hit twice within that window (a collision only memoizes a shape early)."""
+        ``(None, None, None)`` when dropped silently, ``(None, q, r)`` for the slow path."""
         q, r, err = self.preflight(data, peer, tcp)
         if q is None or r is None:
             return err, None, None
-        if r.site.fast:
-            m = Memo(q, r)
-            reply = self.hit(m, 65535 if tcp else m.udp_size, tcp, v6, t0)
+        if r.cache is not None:  # (a miss looks the key up twice: noise next to a miss)
+            reply = self.hit(q, r, tcp, v6, t0)
             if reply is not None:
-                shape = data[2:]
-                h = hash(shape) & (SEEN_BITS - 1)
-                byte, bit = h >> 3, 1 << (h & 7)
-                seen = self.seen
-                if not seen[byte] & bit:
-                    self.seen_count += 1
-                    if self.seen_count > SEEN_MAX:
-                        self.seen = seen = bytearray(SEEN_BITS >> 3)
-                        self.seen_count = 1
-                    seen[byte] |= bit
-                    return reply, None, None
-                if len(self.memo) >= MEMO_MAX:
-                    self.forget()
-                self.memo[shape] = m  # q belongs to the memo from now on
                 return reply, None, None
         return None, q, r
 
     def slow(self, q: wire.Query, r: Route, peer: Any, w_factory: Any, tcp: bool,
              v6: bool) -> None:
-        """Run the chain for ``q`` (owned by the caller: not a memoized Query) in a task.
+        """Run the chain for ``q`` (owned by the caller) in a task.
 
         A UDP query over the in-flight cap is dropped here and counted (``flood``): no task,
         no memory; the client retries after its timeout, as with unbound. TCP callers check
@@ -331,35 +426,62 @@ class UDPProtocol(asyncio.DatagramProtocol):
         t0 = _perf()
         ln = self.listener
         try:
-            # The hit path, inlined: memo lookup, cache hit, sendto, count. Nothing else.
-            m = ln.memo.get(data[2:])
-            if m is not None and ln.accepting:
-                q = m.q
-                q.data = data
-                if m.cache is not None:
-                    reply = m.cache.hit(q, m.udp_size)
-                    if reply is not None:
-                        for h in m.rewrites:
-                            h.hit_rewrite(reply)
-                        self.transport.sendto(reply, addr)  # type: ignore[union-attr]
-                        m.stats.count_hit(m.rkey | (len(addr) > 2), m.do, m.qbucket, m.qsize,
-                                          len(reply), reply[3] & 0xF, False, _perf() - t0)
-                        return
-                transport = self.transport
-                ln.slow(q.copy(data), m.route, addr, lambda req: UDPWriter(req, transport),  # type: ignore[arg-type]
-                        False, len(addr) > 2)
-                return
             v6 = len(addr) > 2
+            # Listener.hit_wire, inlined (a call frame is ~5% of a hit; tests pin both to the
+            # slow path's rendering).
+            n = len(data)
+            if n >= 17 and not data[2] & 0xF8 and ln.accepting:
+                counts = data[4:12]
+                shape: tuple[int, int, bytes] | None
+                if counts == _COUNTS_OPT:
+                    shape = _opts.get(data[n - 11 :])  # an OPT without options: no search
+                    if shape is not None:
+                        qe = n - 11
+                        z = qe - 5
+                    else:
+                        z = data.find(0, 12)
+                        qe = z + 5
+                        raw = data[qe:]
+                        shape = _opts.get(raw) or opt_shape(raw)
+                elif counts == _COUNTS_PLAIN:
+                    qe = n
+                    z = n - 5
+                    shape = _NO_OPT
+                else:
+                    shape = None
+                if shape is not None and z >= 12:
+                    size, flag, opt = shape
+                    if data[3] & 0x10:  # CD
+                        flag |= 2
+                    name = data[12 : z + 1].lower()
+                    r = ln.only or ln.route_name(name)
+                    if r is not None and r.cache is not None:
+                        if r.sizers:
+                            for h in r.sizers:
+                                size = h.hit_size(size)
+                            if opt:
+                                opt = sized_opt(size, flag & 1)
+                        reply = r.cache.hit_wire(name + data[z + 1 : qe] + _KEY_FLAG[flag], data,
+                                                 qe, opt, size)
+                        if reply is not None:
+                            for h in r.rewrites:
+                                h.hit_rewrite(reply)
+                            self.transport.sendto(reply, addr)  # type: ignore[union-attr]
+                            r.stats.count_hit(((data[z + 1] << 8 | data[z + 2]) << 2) | v6,
+                                              flag & 1 == 1, _QBUCKET[n] if n < 1024
+                                              else size_bucket(n), n, len(reply), reply[3] & 0xF,
+                                              False, _perf() - t0)
+                            return
             if not ln.accepting:
                 ln.dropped(data, None, False, v6)
                 ln.drop("shutdown")
                 return
-            out, fq, r = ln.fresh(data, addr, False, v6, t0)
+            out, q, r = ln.fresh(data, addr, False, v6, t0)
             if out is not None:
                 self.transport.sendto(out, addr)  # type: ignore[union-attr]
-            elif fq is not None and r is not None:
+            elif q is not None and r is not None:
                 transport = self.transport
-                ln.slow(fq, r, addr, lambda req: UDPWriter(req, transport), False, v6)  # type: ignore[arg-type]
+                ln.slow(q, r, addr, lambda req: UDPWriter(req, transport), False, v6)  # type: ignore[arg-type]
         except Exception:  # a bug on the hit path: SERVFAIL, counted, logged, still serving
             err = ln.panic(data, addr, False)
             if err is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from linkdns import plugin
 from linkdns.config import SiteConfig
@@ -25,6 +25,11 @@ class HitCache(Protocol):
     def hit(self, q: Query, size: int) -> bytearray | None:
         """A complete reply for ``q`` (client's ID, question, flags, TTLs, OPT) that fits in
         ``size`` bytes, or None (miss, stale, too big: the slow path decides)."""
+
+    def hit_wire(self, key: bytes, data: bytes, qe: int, opt: bytes,
+                 size: int) -> bytearray | None:
+        """The same from the datagram itself: the cache ``key`` (as ``Query.key``), the
+        client's ``data`` (ID, question up to ``qe``), the ``opt`` our reply carries."""
 
 
 class Site:
@@ -87,8 +92,8 @@ class Site:
         self.chain = self.handlers[0] if self.handlers else None
         # The hit path: every handler in front of the cache must be transparent on hits.
         for h in self.handlers:
-            if hasattr(h, "hit") and getattr(h, "name", "") == "cache":
-                self.cache = h
+            if hasattr(h, "hit_wire") and getattr(h, "name", "") == "cache":
+                self.cache = cast(HitCache, h)
                 break
             if not h.hit_transparent:
                 break

@@ -138,21 +138,14 @@ class TCPProtocol(asyncio.Protocol):
         tr = self.transport
         assert tr is not None
         v6 = len(self.peer) > 2
-        reply: bytes | bytearray | None
-        m = ln.memo.get(data[2:])
-        if m is not None:
-            m.q.data = data
-            reply = ln.hit(m, 65535, True, v6, t0)
-            q, r = m.q.copy(data), m.route
-        else:
-            reply, fq, fr = ln.fresh(data, self.peer, True, v6, t0)
-            if fq is None or fr is None:
-                if reply is not None:
-                    tr.write(len(reply).to_bytes(2, "big") + reply)
-                return
-            q, r = fq, fr
+        reply = ln.hit_wire(data, True, v6, t0)
         if reply is not None:
             tr.write(len(reply).to_bytes(2, "big") + reply)
+            return
+        out, q, r = ln.fresh(data, self.peer, True, v6, t0)
+        if q is None or r is None:
+            if out is not None:
+                tr.write(len(out).to_bytes(2, "big") + out)
             return
         if self.pending >= TCP_MAX_PENDING or ln.inflight >= ln.max_inflight:
             # Too many pipelined queries in flight on this connection, or on the listener:

@@ -23,12 +23,12 @@ from linkdns import wire
 from linkdns.clock import Clock
 from linkdns.plugin import Handler
 from linkdns.plugins.cache import policy
-from linkdns.plugins.cache.policy import OPT_MEMO, OPT_MEMO_DO, assemble, client_opt, memo_opt
+from linkdns.plugins.cache.policy import assemble, client_opt
 from linkdns.plugins.cache.setup import CacheConfig
 from linkdns.plugins.cache.snapshot import Snapshot
 from linkdns.plugins.cache.store import DENIAL, SERVFAIL, SUCCESS, Entry, Popular, Store
 from linkdns.request import Request
-from linkdns.wire import Query, reply_opt
+from linkdns.wire import Query
 from linkdns.writer import Recorder, Writer
 
 if TYPE_CHECKING:
@@ -150,7 +150,17 @@ class Cache(Handler):
 
     def hit(self, q: Query, size: int) -> bytearray | None:
         """A complete reply for ``q`` from a fresh entry, or None (miss, expired, too big)."""
-        e = self._index.get(q.key)
+        return self.hit_wire(q.key, q.data, q.q_end, client_opt(q), size)
+
+    def hit_wire(self, key: bytes, data: bytes, qe: int, opt: bytes,
+                 size: int) -> bytearray | None:
+        """The hit path's lookup: the reply to the client's datagram ``data`` (its question
+        ends at ``qe``) from the fresh entry under ``key``, with ``opt`` appended (``b""``
+        for a client without EDNS), if it fits ``size``; else None.
+
+        The index looked up is the store's own (key -> entry): nothing else is remembered
+        per query shape, so this costs the same for 10 names as for a full cache."""
+        e = self._index.get(key)
         if e is None:
             return None
         clk = self._clock
@@ -163,29 +173,17 @@ class Cache(Handler):
             e.set_ttl(rttl)
         # The reply is the client's datagram up to the end of its question (its ID and its
         # letter case), our flags and counts, the records, our OPT (see store.py).
-        h = e.head
         rest = e.rest
-        qe = q.q_end
-        if q.has_opt:
-            if q.cookie:
-                opt = reply_opt(q)
-            else:
-                try:
-                    opt = (OPT_MEMO_DO if q.do else OPT_MEMO)[q.udp_size]
-                except KeyError:
-                    opt = memo_opt(q)
-            if qe + len(rest) + len(opt) > size:
-                return None
-        else:
-            opt = b""
-            if qe + len(rest) > size:
-                return None
+        if qe + len(rest) + len(opt) > size:
+            return None
+        h = e.head
         self.hits[h.cls] += 1
         e.used = True
         if self._pf and self._popular(e, now, ttl):
-            self._refresh(e, Request(q.copy(), REFRESH_PEER, "udp", "", self.zones[0]))
+            st, q = wire.scan_query(data)
+            if q is not None and not st:
+                self._refresh(e, Request(q, REFRESH_PEER, "udp", "", self.zones[0]))
         # policy.assemble, inlined (a call frame is ~10% of a hit); tests pin both to render.
-        data = q.data
         buf = bytearray(data)
         if opt:
             del buf[qe:]
