@@ -167,14 +167,13 @@ class Listener:
             return self.root
         routes = self.routes
         off = 0
-        while True:
+        n = len(name)  # (the hit path's name is unchecked: stay inside it, whatever it holds)
+        while off < n:
             r = routes.get(name[off:])
             if r is not None:
                 return r
-            ln = name[off]
-            if not ln:
-                return None
-            off += ln + 1
+            off += name[off] + 1
+        return None
 
     async def start(self, reuse_port: bool) -> None:
         loop = asyncio.get_running_loop()
