@@ -21,7 +21,8 @@ from harness import Running
 from linkdns import wire
 from linkdns.plugins.cache import Cache, policy
 from linkdns.request import Request
-from linkdns.server.listen import Listener, opt_shape
+from linkdns.server.hitpath import opt_shape
+from linkdns.server.listen import Listener
 
 PEER = ("127.0.0.1", 5353)
 # Go's resolver (net/dnsclient_unix.go newRequest): EDNS0, UDP size 1232, no DO, no option.
