@@ -61,10 +61,11 @@ def _question(data: bytes) -> tuple[str, int] | None:
     return None
 
 
-def _soa_rr() -> bytes:
+def _soa_rr(ttl: int = 60) -> bytes:
+    """The zone's SOA, with ``ttl`` as its TTL and MINIMUM (the negative TTL)."""
     rdata = b"\x02ns\x04soak\x00\x0ahostmaster\x04soak\x00" + struct.pack("!IIIII", 1, 3600,
-                                                                        600, 86400, 60)
-    return b"\x04soak\x00" + struct.pack("!HHIH", 6, 1, 60, len(rdata)) + rdata
+                                                                        600, 86400, ttl)
+    return b"\x04soak\x00" + struct.pack("!HHIH", 6, 1, ttl, len(rdata)) + rdata
 
 
 def upstream_reply(data: bytes, now: float, start: float) -> bytes | None:
@@ -88,8 +89,8 @@ def upstream_reply(data: bytes, now: float, start: float) -> bytes | None:
     ttl = 300
     if name.endswith(".flap.soak."):
         ttl = 1
-        if int(now - start) // 5 % 2:  # NODATA
-            return head[:4] + struct.pack("!HHHH", 1, 0, 1, 0) + question + _soa_rr()
+        if int(now - start) // 5 % 2:  # NODATA, negative TTL 1
+            return head[:4] + struct.pack("!HHHH", 1, 0, 1, 0) + question + _soa_rr(1)
     h = sum(name.encode()) & 0xFF
     rr = b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, ttl, 4) + bytes([192, 0, 2, h])
     return head[:4] + struct.pack("!HHHH", 1, 1, 0, 0) + question + rr

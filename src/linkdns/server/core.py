@@ -99,6 +99,10 @@ class Server:
                 ln = Listener(self, *key)
                 await ln.start(self.reuse_port)
                 self.listeners[key] = ln
+                if not ln.host:
+                    log.warning("no bind for port %d: answering queries on every IPv4 address "
+                                "of this host; restrict it with bind ADDRESS, or who is "
+                                "answered with acl (docs/plugins/bind.md)", ln.port)
             ln.set_sites(group)  # one assignment: queries from now on see the new chains
             for z in sorted({z for s in group for z in s.zones}):
                 log.info("%s", f"{z}:{ln.port} on {ln.host or '*'}")
