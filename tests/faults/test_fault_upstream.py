@@ -50,9 +50,8 @@ def test_silent_upstream_gets_servfail_within_the_query_timeout_then_recovers(
     assert rcodes(res) == {SERVFAIL: 50}
     assert max(r.secs for r in res if r) < 2.0  # query_timeout 1 s, with room for a slow box
     assert_nothing_lost(res, srv)
-    # the failure is not remembered past the upstream's recovery: new and same names answer
+    # a timeout is not cached: the same names are answered as soon as the upstream is back
     up.handler = None
-    srv.server.clock.advance(6)  # past the 5 s SERVFAIL cache
     res = blast(srv.port, names(50, "silent"), timeout=4)
     assert rcodes(res) == {NOERROR: 50}
     assert all(r is not None and r.addrs == ["192.0.2.1"] for r in res)
@@ -88,8 +87,9 @@ def test_upstream_dropping_30_percent_of_packets(srv: Running, up: FakeUpstream)
     assert_nothing_lost(res, srv)
     rc = rcodes(res)
     assert set(rc) <= {NOERROR, SERVFAIL}
-    # retries (300 ms each within the 1 s query) recover most losses: 0.3^3 ~ 3% fail
-    assert rc.get(NOERROR, 0) >= 85, rc
+    # forward's second attempt (after a 300 ms read timeout) recovers most losses: both lost
+    # for 0.3^2 = 9% of queries (expected 91 of 100 answered; 80 is 4 standard deviations off)
+    assert rc.get(NOERROR, 0) >= 80, rc
     assert up.count() > 100  # the retries happened
 
 
