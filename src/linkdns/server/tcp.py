@@ -87,9 +87,14 @@ class TCPProtocol(asyncio.Protocol):
     def _stalled(self) -> None:
         """The begun frame did not complete within TCP_READ_TIMEOUT."""
         self.frame = None
-        if self.buf:
-            self.listener.drop("tcp_timeout")
-            self.close()
+        tr = self.transport
+        if not self.buf or tr is None or tr.is_closing():
+            return
+        if not tr.is_reading():  # we paused reading (the client is slow to read): not its fault
+            self.frame = asyncio.get_running_loop().call_later(TCP_READ_TIMEOUT, self._stalled)
+            return
+        self.listener.drop("tcp_timeout")
+        self.close()
 
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
