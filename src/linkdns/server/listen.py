@@ -247,17 +247,19 @@ class Listener:
         """The hit path for ``data`` (see :func:`hitpath.hit_wire`)."""
         return hitpath.hit_wire(self, data, tcp, v6, t0)
 
-    def fresh(self, data: bytes, peer: Any, tcp: bool, v6: bool, t0: float
-              ) -> tuple[bytes | bytearray | None, wire.Query | None, Route | None]:
+    def fresh(self, data: bytes, peer: Any, tcp: bool, v6: bool, t0: float,
+              looked: bool = False) -> tuple[bytes | bytearray | None, wire.Query | None,
+                                             Route | None]:
         """A query the hit path did not answer: preflight, then the cache once more if the
-        hit path could not read it in place.
+        hit path could not read it in place (``looked``: it could, and the key was not
+        there: the usual miss looks it up once).
 
         Returns ``(reply, None, None)`` when answered here (an error reply or a cache hit),
         ``(None, None, None)`` when dropped silently, ``(None, q, r)`` for the slow path."""
         q, r, err = self.preflight(data, peer, tcp)
         if q is None or r is None:
             return err, None, None
-        if r.cache is not None:  # (a miss looks the key up twice: noise next to a miss)
+        if r.cache is not None and not looked:
             reply = hitpath.hit_scanned(q, r, tcp, v6, t0)
             if reply is not None:
                 return reply, None, None
@@ -297,6 +299,7 @@ class UDPProtocol(asyncio.DatagramProtocol):
             # Listener.hit_wire, inlined (a call frame is ~5% of a hit; tests pin both to the
             # slow path's rendering).
             n = len(data)
+            looked = False
             if n >= 17 and not data[2] & 0xF8 and ln.accepting:
                 counts = data[4:12]
                 shape: tuple[int, int, bytes] | None
@@ -339,11 +342,12 @@ class UDPProtocol(asyncio.DatagramProtocol):
                                               else size_bucket(n), n, len(reply), reply[3] & 0xF,
                                               False, _perf() - t0)
                             return
+                    looked = True
             if not ln.accepting:
                 ln.dropped(data, None, False, v6)
                 ln.drop("shutdown")
                 return
-            out, q, r = ln.fresh(data, addr, False, v6, t0)
+            out, q, r = ln.fresh(data, addr, False, v6, t0, looked)
             if out is not None:
                 self.transport.sendto(out, addr)  # type: ignore[union-attr]
             elif q is not None and r is not None:

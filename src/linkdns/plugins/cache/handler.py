@@ -379,7 +379,7 @@ class Cache(Handler):
             return None
         if off is not None and _within(q, off):
             return None
-        old = self._index.get(q.key)
+        old = self._index.get(q.key) if refresh else None  # (a client's miss: not needed)
         if refresh and kind == SERVFAIL and old is not None:
             return None  # a failed refresh must not hide the answer we have (stale or not)
         stored = self._stamp() if saved is None else saved[1]
