@@ -582,13 +582,16 @@ def memory_names(entries: int) -> MemoryNames:
 def write_zones(workdir: Path, hosts: int, memory_entries: int = 0) -> list[tuple[str, Path]]:
     """Write nsd zone files; returns [(zone name, path)].
 
-    example.test: host1..hostN (1 A each), big (20 A), big40 (40 A), *.wild (wildcard A);
+    example.test: host1..hostN (1 A each; even N also 1 AAAA), big (20 A), big40 (40 A),
+    *.wild (wildcard A);
     cluster.local: SOA+NS only, so anything below it is a cacheable NXDOMAIN (SOA minimum 3600).
     With memory_entries, also in-addr.arpa / ip6.arpa and existing names for the memory bench.
     """
     zones: list[tuple[str, Path]] = []
     lines = [_soa("example.test"), "ns 3600 IN A 127.0.0.1\n"]
     lines += [f"host{k} 3600 IN A {host_ip(k)}\n" for k in range(1, hosts + 1)]
+    lines += [f"host{k} 3600 IN AAAA fd00::{k >> 16:x}:{k & 0xFFFF:x}\n"
+              for k in range(2, hosts + 1, 2)]
     lines += [f"big 3600 IN A 10.200.0.{i}\n" for i in range(1, 21)]
     lines += [f"big40 3600 IN A 10.201.0.{i}\n" for i in range(1, 41)]
     lines.append("*.wild 3600 IN A 10.250.0.1\n")
@@ -847,6 +850,7 @@ def dnsperf_cmd(
     edns: bool = False,
     timeout_s: float = 2.0,
     buffer_kb: int = 4096,
+    binary: bool = False,
 ) -> list[str]:
     cmd = [*pin_prefix, dnsperf, "-s", LOOPBACK, "-p", str(port), "-d", str(qfile)]
     cmd += ["-l", f"{max(duration_s, 0.5):g}", "-c", str(clients), "-q", str(outstanding)]
@@ -863,6 +867,8 @@ def dnsperf_cmd(
         cmd += ["-v"]
     if edns:
         cmd += ["-e"]
+    if binary:
+        cmd += ["-B"]  # wire messages (2-byte length + message): dnsperf sets only the ID
     return cmd
 
 
@@ -959,7 +965,10 @@ def linkdns_single_corefile(port: int, nsd_port: int, metrics_port: int) -> str:
     return (
         f".:{port} {{\n"
         f"    bind 127.0.0.1\n"
-        f"    cache 3600\n"
+        f"    cache 3600 {{\n"
+        f"        success 65536\n"
+        f"        denial 65536\n"
+        f"    }}\n"
         f"    forward . 127.0.0.1:{nsd_port}\n"
         f"    prometheus 127.0.0.1:{metrics_port}\n"
         f"}}\n"

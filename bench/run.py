@@ -30,9 +30,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import benchlib as bl
+import workingset as ws
 
-SCENARIO_ORDER = ("hit1", "hit20", "miss", "ndots", "hit40")
-DEFAULT_SCENARIOS = ("hit1", "hit20", "miss", "ndots")
+SCENARIO_ORDER = ("hit1", "hit20", "miss", "ndots", *ws.NAMES, "hit40")
+DEFAULT_SCENARIOS = ("hit1", "hit20", "miss", "ndots", *ws.NAMES)
 
 
 @dataclass
@@ -55,6 +56,8 @@ class Scenario:
     checks: list[Check] = field(default_factory=list)
     qfile: Path | None = None
     count: int = 0
+    #: the query file is dnsperf's binary format (-B): wire messages as clients send them
+    binary: bool = False
 
 
 @dataclass
@@ -141,6 +144,20 @@ def build_scenarios(ctx: Ctx, names: list[str]) -> list[Scenario]:
                     Check("host1.example.test", "A", 0, 1),
                 ],
             )
+        elif ws.is_ws(name):
+            qs = []
+            s = Scenario(
+                name,
+                ws.describe(name),
+                warm=True,
+                binary=True,
+                checks=[
+                    Check("host1.example.test", "A", 0, 1, edns=ws.edns(name)),
+                    Check("host2.example.test", "AAAA", 0, 1, edns=ws.edns(name)),
+                    Check("host1.example.test", "AAAA", 0, 0, need_soa=True),
+                ],
+            )
+            s.qfile, s.count = ws.write(name, ctx.workdir)
         else:
             raise SystemExit(f"unknown scenario {name!r}; choose from {', '.join(SCENARIO_ORDER)}")
         if qs:
@@ -207,6 +224,13 @@ def start_server(ctx: Ctx, server: str) -> tuple[bl.Proc | None, bl.ServerLaunch
         metrics_port=ctx.ports["metrics"] if server == "linkdns" else None,
         start_timeout_s=a.start_timeout,
     )
+    if server == "linkdns" and a.lagprobe:
+        # the same daemon, started through bench/lagprobe.py (a loop-lag timer, GC and
+        # run-queue records; see lagprobe.py)
+        i = launch.cmd.index("-m")
+        launch.cmd[i : i + 2] = [str(bl.BENCH_DIR / "lagprobe.py")]
+        launch.env = dict(launch.env or os.environ, LAGPROBE_OUT=str(ctx.workdir / "lag.json"))
+        (ctx.workdir / "lag.json").unlink(missing_ok=True)
     proc = ctx.registry.start(server, launch.cmd, env=launch.env, cwd=ctx.workdir)
     err = bl.wait_ready(launch.port, proc, launch.start_timeout_s)
     if err is not None:
@@ -253,6 +277,7 @@ def warm(ctx: Ctx, server: str, port: int, sc: Scenario) -> dict[str, Any]:
             rate=a.warm_rate,
             once=True,
             edns=sc.edns,
+            binary=sc.binary,
         )
         res, _ = bl.run_dnsperf(ctx.registry, f"warm-{server}", cmd, dur, 2.0)
         info["passes"], info["lost"] = attempt, res.lost
@@ -300,11 +325,14 @@ def latency_probe(
         verbose=True,
         edns=sc.edns,
         once=sc.unique,
+        binary=sc.binary,
     )
     udp0 = bl.udp_drop_counters()
     sock0 = bl.udp_port_drops([port])
     run0, wait0 = bl.group_run_wait_seconds(pgid)
+    t_start = time.monotonic()
     res, out = bl.run_dnsperf(ctx.registry, f"lat-{server}", cmd, dur, 2.0)
+    t_end = time.monotonic()
     run1, wait1 = bl.group_run_wait_seconds(pgid)
     udp1 = bl.udp_drop_counters()
     sock1 = bl.udp_port_drops([port])
@@ -339,6 +367,8 @@ def latency_probe(
         # causes lands in the tail and is the machine's, not the server's
         "server_cpu_pct": 100.0 * (run1 - run0) / wall,
         "server_runq_wait_ms_per_s": 1000.0 * (wait1 - wait0) / wall,
+        # the probe's counted window (after the warm-up), monotonic: for --lagprobe
+        "window": (t_start + warmup, t_end),
     }
 
 
@@ -383,6 +413,7 @@ def measure_one(ctx: Ctx, server: str, sc: Scenario, rnd: int) -> dict[str, Any]
             a.outstanding,
             once=sc.unique,
             edns=sc.edns,
+            binary=sc.binary,
         )
         r["dnsperf_cmd"] = " ".join(cmd)
         bl.log(f"[{sc.name}] {server}: load {a.duration:g}s")
@@ -468,6 +499,11 @@ def measure_one(ctx: Ctx, server: str, sc: Scenario, rnd: int) -> dict[str, Any]
             raise RuntimeError("server died during the latency probe")
         r["end_mem"] = bl.group_memory_kib(proc.pid)
         r["status"] = "ok"
+        if server == "linkdns" and a.lagprobe and "latency" in r:
+            ctx.registry.stop(proc)  # the daemon writes its lag record on exit
+            import lagprobe
+
+            r["lagprobe"] = lagprobe.summarize(ctx.workdir / "lag.json", *r["latency"]["window"])
     except bl.Abort:
         raise
     except Exception as exc:
@@ -742,6 +778,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-total", type=float, help="hard limit for the whole run in seconds")
     p.add_argument("--peers-dir", help="dir with nsd.conf/unbound.conf/dnsmasq.conf templates")
     p.add_argument("--keep-workdir", action="store_true", help="keep the temp dir (logs, zones)")
+    p.add_argument("--lagprobe", action="store_true",
+                   help="run linkdns through bench/lagprobe.py: loop lags during the latency "
+                        "probe, with GC and run-queue wait (in results.json)")
     a = p.parse_args(argv)
     if a.duration is None:
         a.duration = 3.0 if a.quick else 10.0
@@ -810,7 +849,8 @@ def main(argv: list[str] | None = None) -> int:
             f"workdir {workdir}; ports {ports}; peers templates "
             f"{ctx.peers or 'embedded copies'}; whole-run limit {a.max_total:.0f}s"
         )
-        zones = bl.write_zones(workdir, a.hosts)
+        hosts = max(a.hosts, ws.ZONE_HOSTS) if any(map(ws.is_ws, a.scenario_list)) else a.hosts
+        zones = bl.write_zones(workdir, hosts)
         bl.start_nsd(
             registry,
             tools["nsd"],
@@ -889,8 +929,10 @@ def main(argv: list[str] | None = None) -> int:
         (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
         (out_dir / "results.md").write_text(md + "\n")
         note = write_chart(results, out_dir / "qps.png")
+        note_ws = ws.write_chart(results, out_dir / "workingset.png")
         print(md)
         bl.log(note)
+        bl.log(note_ws)
         bl.log(f"wrote {out_dir / 'results.json'} and {out_dir / 'results.md'}")
     return rc
 
