@@ -4,14 +4,14 @@
 
     python bench/lagprobe.py -conf Corefile      # same flags as `python -m linkdns`
 
-A timer due every millisecond measures how late it fires (the loop was busy or the process
-had no CPU). Each lag over LAGPROBE_MIN_MS (default 2) is recorded with: when (monotonic),
-how long, the datagrams the UDP listeners had received so far, the garbage collections so far
-and the time the process had spent runnable but not running (``/proc/self/schedstat``, field
-2) so far. Every garbage collection is recorded (generation, start, duration) through
-``gc.callbacks``. On exit the record goes to LAGPROBE_OUT as JSON, with the datagram count
-and run-queue wait sampled every 100 ms as a time line. What the probe itself costs: one
-counter increment per datagram, one timer callback per ms.
+A timer due every millisecond measures how late it fires. At every tick it reads the main
+thread's ``/proc/thread-self/schedstat`` (time on a CPU, time runnable but waiting for one),
+so each lag over LAGPROBE_MIN_MS (default 2) is recorded with what happened inside it: the
+datagrams the UDP listeners took in, the thread's CPU time, its run-queue wait, the CPU's
+hypervisor steal (``/proc/stat``, sampled every 10 ticks and at each lag) and the garbage
+collections (``gc.callbacks``). What is left (lag minus CPU, wait and steal) is time the
+thread was blocked. On exit the record goes to LAGPROBE_OUT as JSON. What the probe costs:
+a counter per datagram, a timer callback and a small file read per ms (~0.5% of a core).
 """
 
 from __future__ import annotations
@@ -36,13 +36,29 @@ MIN_LAG = float(os.environ.get("LAGPROBE_MIN_MS", "2")) / 1000
 STATE: dict[str, Any] = {"datagrams": 0, "lags": [], "gcs": [], "timeline": []}
 
 
-def _runq_wait() -> float:
-    """Seconds this process's main thread spent runnable but waiting for a CPU."""
+def _schedstat() -> tuple[float, float]:
+    """(seconds on a CPU, seconds runnable but waiting) of this process's main thread."""
     try:
         with open("/proc/thread-self/schedstat") as f:
-            return int(f.read().split()[1]) / 1e9
-    except OSError:
-        return 0.0
+            run, wait = f.read().split()[:2]
+        return int(run) / 1e9, int(wait) / 1e9
+    except (OSError, ValueError):
+        return 0.0, 0.0
+
+
+def _steal() -> float:
+    """Seconds of hypervisor steal on the CPU this thread runs on (all CPUs if unknown)."""
+    try:
+        cpu = os.sched_getaffinity(0)
+        name = f"cpu{next(iter(cpu))}" if len(cpu) == 1 else "cpu"
+        with open("/proc/stat") as f:
+            for line in f:
+                parts = line.split()
+                if parts[0] == name:
+                    return int(parts[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0.0
 
 
 def _count_datagrams() -> None:
@@ -72,20 +88,28 @@ def _gc_hook() -> None:
 
 def _install(loop: asyncio.AbstractEventLoop) -> None:
     period = 0.001
-    due = [_mono() + period]
-    last_sample = [0.0]
+    run, wait = _schedstat()
+    prev = {"t": _mono(), "due": _mono() + period, "dg": 0, "run": run, "wait": wait,
+            "steal": _steal(), "ticks": 0}
 
     def tick() -> None:
         now = _mono()
-        lag = now - due[0]
+        lag = now - prev["due"]
+        run, wait = _schedstat()
+        prev["ticks"] += 1
         if lag > MIN_LAG:
-            STATE["lags"].append({"t": due[0], "ms": 1000 * lag,
-                                  "datagrams": STATE["datagrams"], "gcs": len(STATE["gcs"]),
-                                  "runq_wait_s": _runq_wait()})
-        if now - last_sample[0] >= 0.1:
-            last_sample[0] = now
-            STATE["timeline"].append((now, STATE["datagrams"], _runq_wait()))
-        due[0] = now + period
+            steal = _steal()
+            STATE["lags"].append({
+                "t": prev["due"], "ms": 1000 * lag, "interval_ms": 1000 * (now - prev["t"]),
+                "datagrams": STATE["datagrams"] - prev["dg"],
+                "cpu_ms": 1000 * (run - prev["run"]), "runq_wait_ms": 1000 * (wait - prev["wait"]),
+                "steal_ms": 1000 * (steal - prev["steal"]), "gcs": len(STATE["gcs"])})
+            prev["steal"] = steal
+        elif prev["ticks"] % 10 == 0:
+            prev["steal"] = _steal()
+        if prev["ticks"] % 100 == 0:
+            STATE["timeline"].append((now, STATE["datagrams"], wait))
+        prev.update(t=now, due=now + period, dg=STATE["datagrams"], run=run, wait=wait)
         loop.call_at(loop.time() + period, tick)
 
     loop.call_soon(tick)
@@ -114,43 +138,43 @@ if __name__ == "__main__":
 
 
 def summarize(path: Path, t0: float, t1: float) -> dict[str, Any]:
-    """The lags that started in [t0, t1] (monotonic, as the harness saw the probe), and what
-    each coincided with: a garbage collection, run-queue wait (the process was runnable but
-    off the CPU for at least half the lag), or neither (the loop itself was busy)."""
+    """The lags that started in [t0, t1] (monotonic, as the harness saw the probe), each
+    with its cause: ``gc`` (a collection took at least half of it), ``cpu-wait`` (runnable
+    but another task had the CPU, at least half), ``steal`` (the hypervisor had the vCPU, at
+    least half), ``busy`` (the thread ran for at least half of it: callbacks, datagrams) or
+    ``blocked`` (none of these: off the CPU and not waiting for it)."""
     try:
         st = json.loads(path.read_text())
     except (OSError, ValueError):
         return {"error": f"no lag record at {path}"}
     lags = [g for g in st["lags"] if t0 <= g["t"] <= t1]
     gcs = [g for g in st["gcs"] if t0 - 0.2 <= g["t"] <= t1]
-    tl = st["timeline"]
     out: list[dict[str, Any]] = []
     for g in lags:
-        start, end = g["t"], g["t"] + g["ms"] / 1000
-        before = [p for p in tl if p[0] <= start]
-        wait0 = before[-1][2] if before else g["runq_wait_s"]
-        dg0 = before[-1][1] if before else g["datagrams"]
-        t_prev = before[-1][0] if before else start
-        in_gc = [c for c in gcs if c["t"] <= end and c["t"] + c["ms"] / 1000 >= start - 0.001]
-        waited_ms = 1000 * (g["runq_wait_s"] - wait0)
-        cause = ("gc" if in_gc and sum(c["ms"] for c in in_gc) >= g["ms"] / 2
-                 else "cpu-wait" if waited_ms >= g["ms"] / 2 else "busy")
-        out.append({"t": round(start - t0, 4), "ms": round(g["ms"], 2), "cause": cause,
-                    "runq_wait_ms_since_last_sample": round(waited_ms, 2),
-                    "datagrams_since_last_sample": g["datagrams"] - dg0,
-                    "sample_age_ms": round(1000 * (start - t_prev), 1),
-                    "gc_ms": round(sum(c["ms"] for c in in_gc), 2)})
-    big = [x for x in out if x["ms"] >= 5]
+        end = g["t"] + g["ms"] / 1000
+        start = end - g["interval_ms"] / 1000
+        gc_ms = sum(c["ms"] for c in gcs if c["t"] <= end and c["t"] + c["ms"] / 1000 >= start)
+        span = g["interval_ms"]
+        cause = ("gc" if gc_ms >= span / 2 else "cpu-wait" if g["runq_wait_ms"] >= span / 2
+                 else "steal" if g["steal_ms"] >= span / 2 else "busy"
+                 if g["cpu_ms"] >= span / 2 else "blocked")
+        out.append({"t": round(g["t"] - t0, 4), "lag_ms": round(g["ms"], 2),
+                    "interval_ms": round(span, 2), "cause": cause,
+                    "cpu_ms": round(g["cpu_ms"], 2), "runq_wait_ms": round(g["runq_wait_ms"], 2),
+                    "steal_ms": round(g["steal_ms"], 1), "gc_ms": round(gc_ms, 2),
+                    "datagrams": g["datagrams"]})
+    big = [x for x in out if x["lag_ms"] >= 5]
+    causes = ("gc", "cpu-wait", "steal", "busy", "blocked")
     return {
         "lags_over_2ms": len(out),
         "lags_over_5ms": len(big),
-        "lags_over_10ms": sum(1 for x in out if x["ms"] >= 10),
-        "max_lag_ms": max((x["ms"] for x in out), default=0.0),
-        "lag_ms_total": round(sum(x["ms"] for x in out), 1),
-        "by_cause_over_5ms": {c: sum(1 for x in big if x["cause"] == c)
-                              for c in ("gc", "cpu-wait", "busy")},
+        "lags_over_10ms": sum(1 for x in out if x["lag_ms"] >= 10),
+        "max_lag_ms": max((x["lag_ms"] for x in out), default=0.0),
+        "lag_ms_total": round(sum(x["lag_ms"] for x in out), 1),
+        "by_cause_over_2ms": {c: sum(1 for x in out if x["cause"] == c) for c in causes},
+        "by_cause_over_5ms": {c: sum(1 for x in big if x["cause"] == c) for c in causes},
         "gcs": len(gcs),
         "gc_gen2": sum(1 for c in gcs if c["gen"] == 2),
         "gc_max_ms": round(max((c["ms"] for c in gcs), default=0.0), 2),
-        "worst": sorted(out, key=lambda x: -x["ms"])[:8],
+        "worst": sorted(out, key=lambda x: -x["lag_ms"])[:8],
     }

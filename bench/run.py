@@ -331,6 +331,7 @@ def latency_probe(
     sock0 = bl.udp_port_drops([port])
     run0, wait0 = bl.group_run_wait_seconds(pgid)
     t_start = time.monotonic()
+    trace = sched_trace_start(ctx, dur) if a.sched_trace else None
     res, out = bl.run_dnsperf(ctx.registry, f"lat-{server}", cmd, dur, 2.0)
     t_end = time.monotonic()
     run1, wait1 = bl.group_run_wait_seconds(pgid)
@@ -369,7 +370,50 @@ def latency_probe(
         "server_runq_wait_ms_per_s": 1000.0 * (wait1 - wait0) / wall,
         # the probe's counted window (after the warm-up), monotonic: for --lagprobe
         "window": (t_start + warmup, t_end),
+        **({"cpu_sharers": sched_trace_end(trace)} if trace is not None else {}),
     }
+
+
+def sched_trace_start(ctx: Ctx, dur: float) -> tuple[Any, Path] | None:
+    """`perf sched record` on the server's CPU for the probe (--sched-trace): who else ran
+    there, and how long the server waited for it."""
+    perf = bl.which("perf")
+    if perf is None:
+        return None
+    path = ctx.workdir / "sched.data"
+    proc = ctx.registry.start(
+        "perf-sched", [perf, "sched", "record", "-C", ctx.args.server_cpu, "-o", str(path),
+                       "--", "sleep", f"{dur:g}"])
+    return proc, path
+
+
+def sched_trace_end(trace: tuple[Any, Path]) -> list[dict[str, Any]]:
+    """Tasks that ran on the server's CPU during the probe, by run time (perf sched latency)."""
+    proc, path = trace
+    try:
+        proc.popen.wait(timeout=30)
+    except Exception:
+        pass
+    perf = bl.which("perf")
+    if perf is None or not path.exists():
+        return []
+    import re
+    import subprocess
+
+    try:
+        text = subprocess.run([perf, "sched", "latency", "-i", str(path), "--sort", "runtime"],
+                              capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    rows: list[dict[str, Any]] = []
+    for line in text.splitlines():
+        m = re.match(r"\s*(\S.*?)\s*\|\s*([\d.]+) ms\s*\|\s*(\d+)\s*\|\s*avg:\s*([\d.]+) ms"
+                     r"\s*\|\s*max:\s*([\d.]+) ms", line)
+        if m:
+            rows.append({"task": m[1], "runtime_ms": float(m[2]), "switches": int(m[3]),
+                         "avg_delay_ms": float(m[4]), "max_delay_ms": float(m[5])})
+    path.unlink(missing_ok=True)
+    return rows[:10]
 
 
 def measure_one(ctx: Ctx, server: str, sc: Scenario, rnd: int) -> dict[str, Any]:
@@ -778,6 +822,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-total", type=float, help="hard limit for the whole run in seconds")
     p.add_argument("--peers-dir", help="dir with nsd.conf/unbound.conf/dnsmasq.conf templates")
     p.add_argument("--keep-workdir", action="store_true", help="keep the temp dir (logs, zones)")
+    p.add_argument("--sched-trace", action="store_true",
+                   help="perf sched record on the server CPU during each latency probe: "
+                        "which tasks shared it (results.json: latency.cpu_sharers)")
     p.add_argument("--lagprobe", action="store_true",
                    help="run linkdns through bench/lagprobe.py: loop lags during the latency "
                         "probe, with GC and run-queue wait (in results.json)")
