@@ -3,7 +3,7 @@ shapes, A and AAAA mixed, shuffled, sent as real clients send them.
 
 Each query file is written in dnsperf's binary format (``-B``: 2-byte length, then the wire
 message; dnsperf puts in its own ID and sends the rest as it is), so the OPT record is exactly
-the client's, which dnsperf's ``-e``/``-D`` cannot do (they send 4096 with DO):
+the client's, which dnsperf's ``-e``/``-D`` cannot do (they advertise 4096, ``-D`` with DO):
 
 - Go's resolver (``net/dnsclient_unix.go``, ``newRequest``): RD, EDNS0 with UDP size 1232,
   DO clear, no options;
