@@ -132,8 +132,9 @@ def scan_query(data: bytes) -> tuple[int, Query | None]:
     """Check a query's header, question and OPT.
 
     Returns ``(status, query)``: status -1 means "drop silently" (unreadable or a response),
-    0 means OK, otherwise the rcode to answer with (NOTIMP, FORMERR, REFUSED, BADVERS). The
-    query is returned whenever enough was read to build an error reply with a question.
+    0 means OK, otherwise the rcode to answer with (NOTIMP, FORMERR, REFUSED, BADVERS). With
+    an rcode, the query is returned with what could be read (its question when ``q_end`` is
+    set, its OPT when ``has_opt``), for an error reply that echoes them (``error_reply``).
     """
     n = len(data)
     if n < HEADER_LEN:
@@ -143,45 +144,53 @@ def scan_query(data: bytes) -> tuple[int, Query | None]:
         return -1, None
     q = Query(data)
     q.flags = flags
-    if flags & OPCODE_MASK:
-        return NOTIMP, None
     qd, an, ns, ar = (data[4] << 8) | data[5], data[6:8], data[8:10], (data[10] << 8) | data[11]
+    if flags & OPCODE_MASK:
+        # Not a QUERY: NOTIMP, with the question and OPT when they read as a query's would.
+        if qd == 1 and an == ns == b"\x00\x00" and ar <= 1:
+            _scan_body(q, data, ar)
+        return NOTIMP, q
     if qd != 1 or an != b"\x00\x00" or ns != b"\x00\x00" or ar > 1:
-        return FORMERR, None
-    # Question name: plain labels only (no compression pointer in a query's only name).
-    off = HEADER_LEN
-    labels = q.labels
-    while True:
-        if off >= n:
-            return FORMERR, None
-        ln = data[off]
-        if ln == 0:
-            off += 1
-            break
-        if ln > 63:
-            return FORMERR, None
-        labels.append(off - HEADER_LEN)
-        off += ln + 1
-    if off - HEADER_LEN > 255 or off + 4 > n:
-        return FORMERR, None
-    q.qname_end = off
-    q.qtype = (data[off] << 8) | data[off + 1]
-    q.qclass = (data[off + 2] << 8) | data[off + 3]
-    off += 4
-    q.q_end = off
-    q.cd = bool(flags & CD)
-    if ar:
-        st = _scan_opt(q, data, off)
-        if st:
-            return st, q
-    elif off != n:
         return FORMERR, q
+    st = _scan_body(q, data, ar)
+    if st:
+        return st, q
     q.key = data[HEADER_LEN : q.qname_end].lower() + data[q.qname_end : q.q_end] + (
         b"\x03" if q.do and q.cd else b"\x01" if q.do else b"\x02" if q.cd else b"\x00"
     )
     if q.qclass != C_IN:
         return REFUSED, q
     return 0, q
+
+
+def _scan_body(q: Query, data: bytes, ar: int) -> int:
+    """Read the question (plain labels only: no compression pointer in a query's only name)
+    and the OPT of ``q``; 0 or the rcode to answer with."""
+    n = len(data)
+    off = HEADER_LEN
+    labels = q.labels
+    while True:
+        if off >= n:
+            return FORMERR
+        ln = data[off]
+        if ln == 0:
+            off += 1
+            break
+        if ln > 63:
+            return FORMERR
+        labels.append(off - HEADER_LEN)
+        off += ln + 1
+    if off - HEADER_LEN > 255 or off + 4 > n:
+        return FORMERR
+    q.qname_end = off
+    q.qtype = (data[off] << 8) | data[off + 1]
+    q.qclass = (data[off + 2] << 8) | data[off + 3]
+    off += 4
+    q.q_end = off
+    q.cd = bool(q.flags & CD)
+    if ar:
+        return _scan_opt(q, data, off)
+    return FORMERR if off != n else 0
 
 
 def _scan_opt(q: Query, data: bytes, off: int) -> int:
@@ -212,8 +221,14 @@ def _scan_opt(q: Query, data: bytes, off: int) -> int:
         if p + 4 + olen > rd + rdlen:
             return FORMERR
         if code == OPT_COOKIE:
+            # RFC 7873 §5.2.2: a client cookie alone (8 bytes) or with a server cookie
+            # (16 to 40 bytes in all); any other length is FORMERR (and is not echoed).
+            if olen != 8 and not 16 <= olen <= 40:
+                return FORMERR
             q.cookie = data[p : p + 4 + olen]
         p += 4 + olen
+    if p != rd + rdlen:
+        return FORMERR  # an option header cut short
     if q.edns_version != 0:
         return BADVERS
     return 0
@@ -345,16 +360,23 @@ def strip_opt(buf: bytes) -> bytes:
 
 def error_reply(q: Query | None, data: bytes, rc: int, ra: bool = True,
                 options: bytes = b"") -> bytes:
-    """A reply with rcode ``rc`` to the query in ``data``; question and OPT echoed if known.
-    ``options``: EDNS options put in that OPT after the client's COOKIE (e.g. an Extended
-    DNS Error); nothing for a client that sent no OPT."""
+    """A reply with rcode ``rc`` to the query in ``data``: the client's ID and opcode, its
+    question and an OPT (its size and DO, its COOKIE echoed) when they were read (CoreDNS and
+    unbound do so). For a QUERY, RD and CD are copied and RA set (``ra``), as in every other
+    reply linkdns sends; those bits are only defined for QUERY (RFC 1035 §4.1.1), so a reply
+    to another opcode (NOTIMP) has them clear. ``options``: EDNS options put in that OPT after
+    the client's COOKIE (e.g. an Extended DNS Error); nothing for a client that sent no OPT."""
     flags = (data[2] << 8 | data[3]) if len(data) >= 4 else 0
-    out_flags = QR | (flags & (OPCODE_MASK | RD | CD)) | (RA if ra else 0)
+    out_flags = QR | (flags & OPCODE_MASK)
+    if not flags & OPCODE_MASK:
+        out_flags |= (flags & (RD | CD)) | (RA if ra else 0)
     qid = data[0:2] if len(data) >= 2 else b"\x00\x00"
-    if q is None or q.q_end == 0:
-        return qid + _U16.pack(out_flags | (rc & 0x0F)) + b"\x00" * 8
     ext = rc >> 4
-    opt = make_opt(q.udp_size, q.do, q.cookie + options, ext) if q.has_opt else b""
+    opt = make_opt(q.udp_size, q.do, q.cookie + options, ext) if (
+        q is not None and q.has_opt) else b""
+    if q is None or q.q_end == 0:
+        head = _HEADER.pack(0, out_flags | (rc & 0x0F), 0, 0, 0, 1 if opt else 0)
+        return qid + head[2:] + opt
     head = qid + _HEADER.pack(0, out_flags | (rc & 0x0F), 1, 0, 0, 1 if opt else 0)[2:]
     return head + data[HEADER_LEN : q.q_end] + opt
 

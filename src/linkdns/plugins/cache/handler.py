@@ -371,7 +371,7 @@ class Cache(Handler):
                 return None
             off = self._off_denial
             if kind == DENIAL:
-                ttl = _clamp(policy.min_ttl(p.rrs) if saved is None else saved[0],
+                ttl = _clamp(policy.denial_ttl(p.body, p.rrs) if saved is None else saved[0],
                              cfg.denial.min_ttl, cfg.denial.max_ttl)
             else:
                 ttl = int(cfg.servfail) if saved is None else min(saved[0], int(cfg.servfail))

@@ -49,6 +49,19 @@ def min_ttl(rrs: list[wire.RR]) -> int:
     return min([r.ttl for r in rrs])
 
 
+def denial_ttl(body: bytes, rrs: list[wire.RR]) -> int:
+    """The TTL of a denial (NXDOMAIN, NODATA): the lowest TTL of its records, where the
+    SOA's counts as min(SOA TTL, SOA MINIMUM) (RFC 2308 §5, as unbound; CoreDNS takes the
+    SOA's own TTL only). The cache's ``denial`` floor and cap apply after this."""
+    ttl = min_ttl(rrs)
+    for r in rrs:
+        if r.section == 1 and r.rtype == wire.T_SOA and r.rdlen >= 22:
+            minimum = _U32.unpack_from(body, r.end - 4)[0]
+            if minimum < ttl:
+                ttl = minimum
+    return ttl
+
+
 class Parsed:
     """A reply ready to become an entry: body without OPT, its records and its kind."""
 

@@ -164,6 +164,9 @@ class Forward(Handler):
         if cfg.next_rcodes and (reply[3] & 0x0F) in cfg.next_rcodes and isinstance(
                 self.next, Forward):
             return await self.next.serve(req, w)
+        if not reply[3] & 0x80:
+            # RA as in every reply linkdns sends (an upstream's REFUSED often comes without).
+            reply = reply[:3] + bytes((reply[3] | 0x80,)) + reply[4:]
         w.write(reply, "forward")
         return wire.NOERROR
 
