@@ -35,7 +35,10 @@ BAD = [
     pytest.param(lambda q: Garbage.bad_body(q), id="qdcount-65535-random-body"),
     pytest.param(lambda q: Garbage.bad_body(q, qdcount=1, seed=7), id="qdcount-1-random-body"),
     pytest.param(lambda q: Garbage.truncated_body(q), id="answer-cut-short"),
-    pytest.param(header_only, id="no-question"),
+    pytest.param(lambda q: header_only(q, flags=0x8180), id="noerror-without-question"),
+    pytest.param(lambda q: Garbage(struct.pack("!HHHHHH", q.id, 0x8185, 0, 1, 0, 0)
+                                   + a_records(q, 1).to_wire()[12 + 17:]),
+                 id="refused-without-question-with-an-answer"),
     pytest.param(lambda q: header_only(q, qd=2), id="two-questions-missing"),
     pytest.param(lambda q: header_only(q, flags=0x0100, qd=0), id="qr-clear"),
     pytest.param(with_junk_after, id="trailing-bytes"),
@@ -101,3 +104,19 @@ def test_good_replies_are_not_counted_as_malformed(up: FakeUpstream) -> None:
         assert sample(srv, MALFORMED, to=up.addr) == 0
         assert srv.query("bad.test.").rcode() == dns.rcode.SERVFAIL
         assert sample(srv, MALFORMED, to=up.addr) == 2
+
+
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+@pytest.mark.parametrize("rcode", [dns.rcode.FORMERR, dns.rcode.NOTAUTH])
+def test_error_reply_without_question_is_relayed(up: FakeUpstream, proto: str,
+                                                 rcode: int) -> None:
+    """QDCOUNT 0 with an error rcode and nothing but a header (nsd's NOTAUTH to an unknown
+    TSIG key, a FORMERR): a reply, relayed as it is (unbound accepts it too), not malformed."""
+    up.handler = lambda q, p: header_only(q, flags=0x8180 | rcode)
+    opts = "force_tcp" if proto == "tcp" else ""
+    with Running(corefile(up, opts=opts)) as srv:
+        r = srv.query("err.test.", tcp=proto == "tcp")
+        counted = sample(srv, MALFORMED, to=up.addr)
+    assert r.rcode() == rcode
+    assert asked(up, "err.test.") == 1
+    assert counted == 0

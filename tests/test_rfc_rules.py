@@ -7,17 +7,22 @@
   other linkdns reply; for another opcode (NOTIMP) RD/RA/CD are clear (defined for QUERY only).
 * A relayed upstream reply without RA (an authoritative server's REFUSED) gets RA.
 * RFC 7873 §5.2.2: a COOKIE option whose length is not 8 nor 16-40 is answered FORMERR.
+* RFC 8945 §5.5: a signed query (TSIG) is forwarded unchanged, its reply relayed, never cached.
 """
 
 from __future__ import annotations
 
+import socket
 import struct
+import threading
 
 import dns.edns
 import dns.flags
 import dns.message
 import dns.opcode
 import dns.rcode
+import dns.tsig
+import dns.tsigkeyring
 import pytest
 from fakeupstream import FakeUpstream, a_records, make_reply, nodata, nxdomain
 from harness import Running
@@ -187,3 +192,60 @@ def test_cookie_option_length(up: FakeUpstream, length: int, ok: bool) -> None:
         assert [q.name.to_text() for q in m.question] == ["example.org."]
         assert not cookies  # a malformed cookie is not echoed
         assert up.count() == 0
+
+
+# -- RFC 8945 §5.5: a forwarder passes a signed exchange on unchanged --------------------------
+
+#: nsd's reply to a TSIG with a key it does not know: NOTAUTH, no question, an unsigned TSIG
+#: (key ".", hmac-sha256, error BADKEY); the first two bytes (the ID) are patched per query
+BADKEY = bytes.fromhex(
+    "00008009000000000000000100" "00fa00ff00000000001d0b686d61632d7368613235360000006b15c68e"
+    "012c0000395700110000")
+
+
+class RawUpstream:
+    """A UDP socket on 127.0.0.1 answering every datagram with BADKEY (its ID patched)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.addr = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        self.seen: list[bytes] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                data, peer = self.sock.recvfrom(65535)
+            except TimeoutError:
+                continue
+            self.seen.append(data)
+            self.sock.sendto(data[:2] + BADKEY[2:], peer)
+
+    def __enter__(self) -> RawUpstream:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(2)
+        self.sock.close()
+
+
+def test_signed_query_is_forwarded_unchanged_and_never_cached() -> None:
+    keyring = dns.tsigkeyring.from_text({".": "A" * 43 + "="})
+    with RawUpstream() as raw_up, Running(corefile(raw_up.addr, extra=" cache\n")) as srv:
+        replies = []
+        for _ in range(2):
+            q = dns.message.make_query("example.org.", "SOA")
+            q.use_tsig(keyring, keyname=".", algorithm=dns.tsig.HMAC_SHA256)
+            sent = q.to_wire()
+            replies.append((sent, raw_exchange(srv.port, sent)))
+    assert len(raw_up.seen) == 2  # the second signed query was not answered from the cache
+    for sent, reply in replies:
+        assert reply[:2] == sent[:2]
+        assert reply[2:] == BADKEY[2:3] + bytes((BADKEY[3] | 0x80,)) + BADKEY[4:]  # + RA
+        # what reached the upstream: the client's query, TSIG and all, under a fresh ID
+    assert [d[2:] for d in raw_up.seen] == [s[2:] for s, _ in replies]

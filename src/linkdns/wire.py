@@ -51,6 +51,8 @@ T_TXT: Final = 16
 T_AAAA: Final = 28
 T_SRV: Final = 33
 T_OPT: Final = 41
+T_SIG: Final = 24
+T_TSIG: Final = 250
 T_IXFR: Final = 251
 T_AXFR: Final = 252
 T_ANY: Final = 255
@@ -63,13 +65,18 @@ _RR_FIXED = struct.Struct(">HHIH")  # type, class, ttl, rdlength
 _HEADER = struct.Struct(">HHHHHH")
 
 MIN_UDP: Final = 512
+#: the cache key's last byte: DO 1, CD 2, and SIGNED when the query's additional record is a
+#: TSIG or a SIG(0): such a query is forwarded unchanged (RFC 8945 §5.5) and its
+#: reply is never cached, so it never meets an unsigned query's entry
+SIGNED: Final = 4
 
 
 class Query:
     """What the server needs to know about a query, scanned from its bytes without dnslib.
 
     ``qname_end`` is the offset just past the name; ``q_end`` just past qtype/qclass.
-    ``key`` is the cache key: lowercased name wire + qtype/qclass + one byte for DO/CD.
+    ``key`` is the cache key: lowercased name wire + qtype/qclass + one byte for DO/CD (and
+    ``SIGNED``).
     """
 
     __slots__ = (
@@ -155,12 +162,18 @@ def scan_query(data: bytes) -> tuple[int, Query | None]:
     st = _scan_body(q, data, ar)
     if st:
         return st, q
-    q.key = data[HEADER_LEN : q.qname_end].lower() + data[q.qname_end : q.q_end] + (
-        b"\x03" if q.do and q.cd else b"\x01" if q.do else b"\x02" if q.cd else b"\x00"
-    )
+    q.key = data[HEADER_LEN : q.qname_end].lower() + data[q.qname_end : q.q_end] + bytes(
+        ((1 if q.do else 0) | (2 if q.cd else 0) | (
+            SIGNED if ar and not q.has_opt and _signed(data, q.q_end) else 0),))
     if q.qclass != C_IN:
         return REFUSED, q
     return 0, q
+
+
+def _signed(data: bytes, off: int) -> bool:
+    """Is the additional record at ``off`` (read by ``_scan_opt`` already) a TSIG or SIG(0)?"""
+    rtype = _U16.unpack_from(data, skip_name(data, off))[0]
+    return rtype in (T_TSIG, T_SIG)
 
 
 def _scan_body(q: Query, data: bytes, ar: int) -> int:

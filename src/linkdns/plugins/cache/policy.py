@@ -75,8 +75,8 @@ class Parsed:
 
 def parse_reply(q: Query, reply: bytes) -> Parsed | None:
     """Walk a reply that matches ``q``; None when it is malformed or must not be cached."""
-    if q.qtype in (wire.T_AXFR, wire.T_IXFR):
-        return None
+    if q.qtype in (wire.T_AXFR, wire.T_IXFR) or q.key[-1] & wire.SIGNED:
+        return None  # a zone transfer, or the answer to a signed (TSIG, SIG(0)) query
     try:
         _, all_rrs = wire.walk(reply)
     except WireError:

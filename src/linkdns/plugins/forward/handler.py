@@ -30,7 +30,7 @@ from linkdns.plugins.forward import policy
 from linkdns.plugins.forward.health import Health
 from linkdns.plugins.forward.metrics import metrics_for
 from linkdns.plugins.forward.setup import ForwardConfig
-from linkdns.plugins.forward.transport import Question
+from linkdns.plugins.forward.transport import Question, with_question
 from linkdns.plugins.forward.upstream import Upstream
 from linkdns.request import Request
 from linkdns.writer import Writer
@@ -167,6 +167,8 @@ class Forward(Handler):
         if not reply[3] & 0x80:
             # RA as in every reply linkdns sends (an upstream's REFUSED often comes without).
             reply = reply[:3] + bytes((reply[3] | 0x80,)) + reply[4:]
+        if reply[5] == 0:  # an error reply without a question (transport._bare_error)
+            reply = with_question(reply, q)
         w.write(reply, "forward")
         return wire.NOERROR
 

@@ -33,7 +33,7 @@ T_DS: Final = 43
 T_RRSIG: Final = 46
 T_NSEC: Final = 47
 T_NSEC3: Final = 50
-T_TSIG: Final = 250
+T_TSIG: Final = wire.T_TSIG
 #: record types in authority that are DNSSEC proofs of the zone's data
 _PROOFS: Final = frozenset((T_DS, T_NSEC, T_NSEC3, T_RRSIG))
 #: types whose RDATA points to a name that may have addresses in additional: type -> offset

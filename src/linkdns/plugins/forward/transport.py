@@ -6,8 +6,8 @@ DNS message and has exactly one question, equal to ours (name compared case-inse
 and class exactly).
 
 With the right ID from the right address, a reply that is not a readable response with one
-question (cut short, QR=0, QDCOUNT 0 or 65535, bytes that do not walk) is "malformed": that
-attempt failed at once (as unbound, which turns such a reply into an immediate timeout of that
+question (cut short, QR=0, QDCOUNT 65535, bytes that do not walk; QDCOUNT 0 unless it is a bare
+error reply, see ``_bare_error``) is "malformed": that attempt failed at once (as unbound, which turns such a reply into an immediate timeout of that
 server). A well-formed reply with one question that is not ours is a spoof attempt or a stale
 reply: it is ignored and the attempt keeps waiting for the real one (as unbound does).
 
@@ -23,8 +23,8 @@ from collections.abc import Callable
 from typing import Final
 
 from linkdns import wire
-from linkdns.errors import UpstreamError
-from linkdns.plugins.forward.scrub import scrub
+from linkdns.errors import UpstreamError, WireError
+from linkdns.plugins.forward.scrub import T_TSIG, scrub
 
 #: unused random query IDs, refilled 256 at a time from the OS CSPRNG (one getrandom call
 #: per 256 queries instead of one per query); the UDP path pops from it directly
@@ -77,8 +77,10 @@ def classify(data: bytes, q: Question) -> bytes | int:
         return MALFORMED
     if q.any_reply:
         return data if data[2] & 0x80 else IGNORE
-    if not data[2] & 0x80 or data[4:6] != b"\x00\x01":
+    if not data[2] & 0x80:
         return MALFORMED
+    if data[4:6] != b"\x00\x01":
+        return data if _bare_error(data) else MALFORMED
     clean = scrub(data, q.lname, q.qtype, q.zone)
     if clean is None:
         return MALFORMED
@@ -87,6 +89,32 @@ def classify(data: bytes, q: Question) -> bytes | int:
             or data[n : q.end] != q.tail):
         return IGNORE  # one readable question, not ours: keep waiting for the real reply
     return clean
+
+
+def _bare_error(data: bytes) -> bool:
+    """An error reply without a question (QDCOUNT 0, an rcode other than NOERROR/NXDOMAIN, no
+    answer or authority, only an OPT or TSIG in additional): e.g. nsd's NOTAUTH/BADKEY to a
+    TSIG it does not know, or a FORMERR. Accepted and relayed as it is (unbound accepts a
+    reply without a question too); anything else without one question is malformed."""
+    if data[4:10] != b"\x00" * 6 or data[3] & 0x0F in (wire.NOERROR, wire.NXDOMAIN):
+        return False
+    try:
+        _, rrs = wire.walk(data)
+    except WireError:
+        return False
+    return all(r.rtype in (wire.T_OPT, T_TSIG) for r in rrs)
+
+
+def with_question(reply: bytes, q: wire.Query) -> bytes:
+    """A bare error reply with ``q``'s question put in (clients check it), unless it ends in a
+    TSIG: a forwarder passes a signed exchange on unchanged (RFC 8945 §5.5)."""
+    try:
+        _, rrs = wire.walk(reply)
+    except WireError:
+        return reply
+    if rrs and rrs[-1].rtype == T_TSIG:
+        return reply
+    return reply[:4] + b"\x00\x01" + reply[6:12] + q.question + reply[12:]
 
 
 def parses(data: bytes) -> bool:
