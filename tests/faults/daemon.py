@@ -38,7 +38,8 @@ class Daemon:
             assert self.proc.poll() is None, self.output()
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{self.mport}/metrics", timeout=1)
-                query(self.port, "ready.probe.", timeout=1)  # any rcode: up
+                # class CH: answered REFUSED by linkdns itself, whatever the upstream does
+                query(self.port, "ready.probe.", timeout=1, rdclass="CH")
                 return self
             except (OSError, dns.exception.Timeout):
                 time.sleep(0.1)

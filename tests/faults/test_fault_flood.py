@@ -163,3 +163,13 @@ def test_over_the_cap_udp_is_dropped_and_counted_tcp_refused(
     assert ln.inflight == 0
     assert rcodes(blast(capped.port, [f"n{i}.example." for i in range(8)])) == {
         dns.rcode.NOERROR: 8}
+
+
+def test_max_inflight_flag_sets_the_cap(tmp_path: Path, up: FakeUpstream) -> None:
+    up.handler = lambda q, p: Drop()
+    body = f"    forward . {up.addr} {{\n        read_timeout 2s\n    }}"
+    with Daemon(tmp_path, body, "-max-inflight", "4", "-drain", "0.2") as d:
+        res = blast(d.port, [f"c{i}.example." for i in range(10)], timeout=0.5)
+        assert rcodes(res) == {-1: 10}  # type: ignore[dict-item]
+        assert d.metric("linkdns_queries_in_flight") == 4
+        assert d.metric("linkdns_dropped_queries_total", reason="flood") == 6
