@@ -161,7 +161,8 @@ class NodeLocal:
         up (or adopt) the interface. False (logged as FATAL) on failure."""
         if not self.preflight():
             return False
-        self.lock.acquire()
+        if self.p.setup_interface or self._tables():
+            self.lock.acquire()  # (nothing to share when nothing is set up)
         self._began = True  # from here on, teardown has something to decide
         if not self.p.setup_interface:
             return True
