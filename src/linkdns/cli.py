@@ -62,6 +62,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("-max-inflight", dest="max_inflight", type=int, default=MAX_INFLIGHT,
                    help="queries in flight per listener before new UDP ones are dropped and "
                         f"TCP ones refused (default {MAX_INFLIGHT})")
+    p.add_argument("-handover.socket", dest="handover", default="", metavar="PATH",
+                   help="control socket for the hand-over of the listening sockets to a "
+                        "successor (default: derived from the listen addresses, under "
+                        "/run/linkdns, $XDG_RUNTIME_DIR/linkdns or /tmp/linkdns-UID; "
+                        "'none' turns hand-over off)")
     nodelocal.add_flags(p)
     return p
 
@@ -95,11 +100,28 @@ def validate(path: str, dns_port: int, quiet: bool = False) -> int:
     return 0
 
 
+def handover_path(flag: str, keys: list[tuple[str, int]], worker: Worker | None) -> str | None:
+    """The control socket: ``-handover.socket`` (per worker: ``.wN`` appended), derived from
+    the listen addresses when empty, None when ``none`` or not derivable (port 0)."""
+    from linkdns.server import handover
+
+    if flag == "none":
+        return None
+    if flag:
+        return flag if worker is None else f"{flag}.w{worker.index}"
+    try:
+        return handover.default_path(keys, None if worker is None else worker.index)
+    except (OSError, handover.HandoverError) as e:
+        log.warning("hand-over off: no runtime directory for its socket: %s", e)
+        return None
+
+
 async def serve(path: str, dns_port: int, drain: float, worker: Worker | None = None,
-                node: nodelocal.NodeLocal | None = None, max_inflight: int = MAX_INFLIGHT
-                ) -> int:
+                node: nodelocal.NodeLocal | None = None, max_inflight: int = MAX_INFLIGHT,
+                handover: str = "") -> int:
     from linkdns.corefile import load_corefile
     from linkdns.server.core import Server
+    from linkdns.server.handover import HandoverError
 
     try:
         blocks = load_corefile(path)
@@ -109,6 +131,7 @@ async def serve(path: str, dns_port: int, drain: float, worker: Worker | None = 
         server.source = path
         if node is not None and (worker is None or worker.index == 0):
             server.registry.register(node.errors)  # as node-cache: on both metrics endpoints
+        server.handover_path = handover_path(handover, server.listen_keys(), worker)
     except ConfigError as e:
         for one in e.all:
             log.fatal("%s", one)
@@ -122,7 +145,7 @@ async def serve(path: str, dns_port: int, drain: float, worker: Worker | None = 
         loop.add_signal_handler(sig, stop.set)
     try:
         await server.start()
-    except OSError as e:
+    except (OSError, HandoverError, TimeoutError) as e:
         log.fatal("listen: %s", e)
         await server.stop()
         return 1
@@ -190,7 +213,7 @@ def run_loop(args: argparse.Namespace, worker: Worker | None,
     asyncio.set_event_loop(loop)
     try:
         return loop.run_until_complete(serve(args.conf, args.dns_port, args.drain, worker, node,
-                                             args.max_inflight))
+                                             args.max_inflight, args.handover))
     finally:
         loop.close()
 

@@ -61,8 +61,12 @@ def text(status: int, body: str) -> Response:
 class HTTPServer:
     """The listener(s) of one configured address and the paths served there."""
 
-    def __init__(self, host: str, port: int, reuse_port: bool = False) -> None:
+    def __init__(self, host: str, port: int, reuse_port: bool = False,
+                 inherit: Callable[[tuple[str, str, int]], list[socket.socket] | None]
+                 | None = None) -> None:
         self.host = host
+        #: the predecessor's listening sockets for a key, after a hand-over (server/handover.py)
+        self.inherit = inherit
         #: SO_REUSEPORT: with ``-workers N`` every worker listens and the kernel picks one
         self.reuse_port = reuse_port
         #: the configured port; :attr:`port` is the bound one once started (port 0 = ephemeral)
@@ -108,7 +112,26 @@ class HTTPServer:
             self.lock = asyncio.Lock()
         return self.lock
 
+    def fds(self) -> list[int]:
+        """The listening sockets' fds, for a successor."""
+        return [sock.fileno() for s in self.servers for sock in s.sockets]
+
+    def stop_accepting(self) -> None:
+        """Close the listening sockets (connections being answered finish): after a
+        hand-over, the successor holding the same sockets answers every new request."""
+        for s in self.servers:
+            s.close()
+
     async def _bind(self) -> None:
+        inherited = self.inherit(("http", self.host, self.want_port)) \
+            if self.inherit is not None and self.want_port else None
+        if inherited:
+            for sock in inherited:
+                sock.setblocking(False)
+                self.servers.append(await asyncio.start_server(
+                    self._client, sock=sock, limit=MAX_HEAD))
+            self.port = inherited[0].getsockname()[1]
+            return
         loop = asyncio.get_running_loop()
         infos = await loop.getaddrinfo(
             self.host or None, self.want_port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
@@ -264,7 +287,8 @@ def shared(site: Site, host: str, port: int) -> HTTPServer:
     servers: dict[tuple[str, int], HTTPServer] = site.shared.setdefault("http", {})
     srv = servers.get((host, port))
     if srv is None:
-        srv = servers[(host, port)] = HTTPServer(host, port, site.server.reuse_port)
+        srv = servers[(host, port)] = HTTPServer(host, port, site.server.reuse_port,
+                                                 site.server.take_inherited)
     return srv
 
 

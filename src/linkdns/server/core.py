@@ -1,6 +1,7 @@
 """Server: builds sites from the Corefile, owns listeners and tasks, starts and drains them.
 
-Lifecycle (uvicorn's order): start plugins -> bind listeners -> serve -> on stop: stop
+Lifecycle (uvicorn's order): take the sockets over from a predecessor (hand-over, when on)
+-> start plugins -> bind listeners (or serve the inherited sockets) -> serve -> on stop: stop
 accepting, drain in-flight queries with a deadline, cancel the rest, close, stop plugins.
 """
 
@@ -19,7 +20,8 @@ from linkdns.clock import Clock
 from linkdns.config import SiteConfig, build_sites
 from linkdns.corefile import ServerBlock
 from linkdns.request import Request
-from linkdns.server.listen import MAX_INFLIGHT, Listener, Route
+from linkdns.server import handover
+from linkdns.server.listen import MAX_INFLIGHT, TCP_DRAIN_IDLE, Listener, Route
 from linkdns.server.site import Site
 from linkdns.server.stats import ServerStats
 from linkdns.workers import Worker
@@ -67,6 +69,16 @@ class Server:
         #: run by this (old) instance right before it hands its sockets to a successor
         #: (the cache's snapshot writer registers here)
         self.handover_hooks: list[Callable[[], None]] = []
+        #: the hand-over control socket (None: off; the CLI sets it, see server/handover.py)
+        self.handover_path: str | None = None
+        #: True once a successor serves on this instance's sockets (shared from then on):
+        #: what is bound to this process's addresses belongs to the successor too -- stop
+        #: without a lame duck and without undoing node set-up (node-local teardown)
+        self.handed_over = False
+        #: sockets received from a predecessor, until the listeners took them
+        self.inherited: handover.Inherited | None = None
+        self._control: handover.Control | None = None
+        self._retired: asyncio.Task[None] | None = None
         self.sites = [Site(c, self) for c in sites]
 
     @classmethod
@@ -78,13 +90,65 @@ class Server:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
-        for site in self.sites:
-            await site.start()
-        await self._listen(self.sites)
-        if self.worker is not None:
-            reg = self.registry
-            self._expo = await workers.serve_exposition(self.worker, lambda: generate_latest(reg))
+        pred: handover.Predecessor | None = None
+        if self.handover_path is not None:
+            found = await handover.take_over(self.handover_path)
+            if found is not None:
+                pred, self.inherited = found
+        try:
+            # Plugins start once the sockets are here (the cache loads its snapshot, the
+            # HTTP plugins serve inherited listeners) and before the first query is read.
+            for site in self.sites:
+                await site.start()
+            await self._listen(self.sites)
+            if self.worker is not None:
+                reg = self.registry
+                self._expo = await workers.serve_exposition(
+                    self.worker, lambda: generate_latest(reg))
+            if self.handover_path is not None:
+                self._control = handover.Control(
+                    self.handover_path, self.listening, self.handover_hooks, self._handed_over,
+                    refuse=lambda: self.stopping)
+                self._control.open()
+        except BaseException:
+            if pred is not None:
+                pred.close()  # the predecessor keeps serving alone
+            raise
+        finally:
+            if self.inherited is not None:
+                self.inherited.close()
+                self.inherited = None
+        if pred is not None:
+            if await pred.serving():
+                log.info("hand-over: serving; pid %d may stop now", pred.peer.pid)
+            pred.close()
         self.started.set()
+
+    def take_inherited(self, key: handover.Key) -> list[Any] | None:
+        """The predecessor's sockets for ``key`` (("dns"|"http", host, port)), if any."""
+        return self.inherited.take(key) if self.inherited is not None else None
+
+    def listening(self) -> list[tuple[handover.Key, int]]:
+        """Every listening socket, for a successor: DNS (UDP and TCP) and HTTP."""
+        out: list[tuple[handover.Key, int]] = []
+        for (host, port), ln in self.listeners.items():
+            out.extend((("dns", host, port), fd) for fd in ln.fds())
+        http_servers: dict[tuple[str, int], Any] = self.shared.get("http", {})
+        for (host, port), srv in http_servers.items():
+            if srv.want_port:
+                out.extend((("http", host, port), fd) for fd in srv.fds())
+        return out
+
+    def listen_keys(self) -> list[tuple[str, int]]:
+        """The (address, port) pairs the DNS listeners serve ("" = every address)."""
+        return sorted({(a, s.port) for s in self.sites for a in s.addrs or [""]})
+
+    def _handed_over(self, peer: handover.Peer) -> None:
+        self.handed_over = True
+        log.info("hand-over: pid %d serves on our sockets; stopped reading, draining; "
+                 "SIGTERM ends this process", peer.pid)
+        if self._retired is None:
+            self._retired = asyncio.get_running_loop().create_task(self._retire())
 
     async def _listen(self, sites: list[Site]) -> list[Listener]:
         """Point listeners at ``sites``: reuse those on an address and port still wanted,
@@ -97,7 +161,7 @@ class Server:
             ln = self.listeners.get(key)
             if ln is None:
                 ln = Listener(self, *key)
-                await ln.start(self.reuse_port)
+                await ln.start(self.reuse_port, self.take_inherited(("dns", *key)))
                 self.listeners[key] = ln
                 if not ln.host:
                     log.warning("no bind for port %d: answering queries on every IPv4 address "
@@ -116,6 +180,9 @@ class Server:
         on the old chains (bounded by the drain timeout) before the old plugins stop. Caches
         start empty, as in CoreDNS. Counters keep counting.
         """
+        if self.handed_over or self.stopping:
+            log.info("Reload skipped: %s", "handed over" if self.handed_over else "stopping")
+            return
         new = [Site(c, self) for c in cfgs]
         started: list[Site] = []
         try:
@@ -144,30 +211,64 @@ class Server:
         if self.stopping:
             return
         self.stopping = True  # the ready plugin answers 503 "Shutting down" from here on
-        if self.started.is_set():
-            # Lame duck: setup plugins' pre-stop hooks run while listeners still serve.
+        if self._control is not None:
+            self._control.close()
+        if self.started.is_set() and not self.handed_over:
+            # Lame duck: setup plugins' pre-stop hooks run while listeners still serve. (Not
+            # after a hand-over: the successor serves these sockets, nothing to steer away.)
             hooks = [p.lameduck() for s in self.sites for p in s.setups]
             for e in await asyncio.gather(*hooks, return_exceptions=True):
                 if isinstance(e, Exception):
                     log.error("lameduck hook failed: %s", e)
         for t in self.background.values():
             t.cancel()
-        for ln in self.listeners.values():
-            ln.stop_accepting()
-        if self.tasks:
-            _, pending = await asyncio.wait(set(self.tasks), timeout=self.drain_timeout)
-            for t in pending:
-                t.cancel()
-            if pending:
-                log.warning("cancelled %d queries still in flight after %.1fs",
-                            len(pending), self.drain_timeout)
-                await asyncio.gather(*pending, return_exceptions=True)
+        if self._retired is None:
+            self._retired = asyncio.get_running_loop().create_task(self._retire())
+        await self._retired
         for ln in self.listeners.values():
             ln.close()
         if self._expo is not None:
             self._expo.close()
         for site in self.sites:
             await site.stop()
+
+    async def _retire(self) -> None:
+        """Stop reading and drain: at stop, or as soon as a successor serves our sockets
+        (then the process idles until SIGTERM, so a rolling update's old pod stays until
+        Kubernetes deletes it, and a SIGKILL then loses nothing)."""
+        if self.handed_over:
+            http_servers: dict[tuple[str, int], Any] = self.shared.get("http", {})
+            for srv in http_servers.values():
+                srv.stop_accepting()  # the successor answers every probe from now on
+        for ln in self.listeners.values():
+            ln.stop_accepting()
+        await self._drain(time.monotonic() + self.drain_timeout)
+
+    async def _drain(self, deadline: float) -> None:
+        """Queries in flight finish; each TCP connection closes once idle (its answers out,
+        nothing read for TCP_DRAIN_IDLE), so a client that connected just before the stop
+        still has its query read and answered. Bounded by ``deadline``; then cancel."""
+        while True:
+            now = time.monotonic()
+            conns = [c for ln in self.listeners.values() for c in ln.tcp_conns]
+            for c in conns:
+                if c.idle_for(now) >= TCP_DRAIN_IDLE:
+                    c.close()
+            busy = set(self.tasks)
+            if (not busy and not conns) or now >= deadline:
+                break
+            step = min(deadline - now, TCP_DRAIN_IDLE / 4)
+            if busy:
+                await asyncio.wait(busy, timeout=step)
+            else:
+                await asyncio.sleep(step)
+        pending = set(self.tasks)
+        for t in pending:
+            t.cancel()
+        if pending:
+            log.warning("cancelled %d queries still in flight after %.1fs",
+                        len(pending), self.drain_timeout)
+            await asyncio.gather(*pending, return_exceptions=True)
 
     def fail(self, msg: str) -> None:
         """A fatal condition (CoreDNS's log.Fatal): log it and ask the process to stop."""

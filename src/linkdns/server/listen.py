@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import time
 from typing import TYPE_CHECKING, Any
@@ -46,6 +47,7 @@ _perf = time.perf_counter
 #: slow-path queries in flight per listener (unbound's num-queries-per-thread): a UDP query
 #: over it is dropped and counted (reason ``flood``), a TCP one answered REFUSED
 MAX_INFLIGHT = 1024
+TCP_DRAIN_IDLE = 0.2  # at stop, a connection closes once idle this long (server/core.py)
 
 class Route:
     """A zone of a site, as the router sees it, with what a cache hit needs from the site:
@@ -79,6 +81,8 @@ class Listener:
         self.only: Route | None = None
         self.root: Route | None = None
         self.udp: asyncio.DatagramTransport | None = None
+        #: what slow-path UDP answers go through (see UDPOut)
+        self.out: UDPOut | None = None
         self.tcp: asyncio.Server | None = None
         self.tcp_conns: set[TCPProtocol] = set()
         self.tcp_max = tcp_limit()
@@ -125,8 +129,15 @@ class Listener:
             off += name[off] + 1
         return None
 
-    async def start(self, reuse_port: bool) -> None:
-        loop = asyncio.get_running_loop()
+    async def start(self, reuse_port: bool,
+                    inherited: list[socket.socket] | None = None) -> None:
+        """Bind UDP and TCP, or serve ``inherited`` sockets (a predecessor's, hand-over)."""
+        if inherited:
+            usock, tsock = self._inherit(inherited)
+            self.port = usock.getsockname()[1]
+            self.name = self._name()
+            await self._serve(usock, tsock)
+            return
         fam = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         host = self.host or ("::" if fam == socket.AF_INET6 else "0.0.0.0")
         for attempt in range(20):
@@ -154,26 +165,57 @@ class Listener:
             self.name = self._name()
             break
         tsock.listen(1024)
+        await self._serve(usock, tsock)
+
+    def _inherit(self, socks: list[socket.socket]) -> tuple[socket.socket, socket.socket]:
+        udp = [s for s in socks if s.type == socket.SOCK_DGRAM]
+        tcp = [s for s in socks if s.type == socket.SOCK_STREAM]
+        if len(udp) != 1 or len(tcp) != 1:
+            for s in socks:
+                s.close()
+            raise OSError(f"hand-over: {self.name}: expected one UDP and one TCP socket, "
+                          f"got {len(udp)} and {len(tcp)}")
+        return udp[0], tcp[0]
+
+    async def _serve(self, usock: socket.socket, tsock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
         usock.setblocking(False)
         tsock.setblocking(False)
         self.udp, _ = await loop.create_datagram_endpoint(
             lambda: UDPProtocol(self), sock=usock)
         self.tcp = await loop.create_server(lambda: TCPProtocol(self), sock=tsock)
 
+    def fds(self) -> list[int]:
+        """The listening sockets' fds (UDP, TCP), for a successor."""
+        out: list[int] = []
+        if self.udp is not None and not self.udp.is_closing():
+            out.append(self.udp.get_extra_info("socket").fileno())
+        if self.tcp is not None and self.tcp.sockets:
+            out.append(self.tcp.sockets[0].fileno())
+        return out
+
     def stop_accepting(self) -> None:
-        """Stop taking new queries: close the TCP listening socket, stop reading UDP."""
+        """Stop taking new queries: close the TCP listening socket, stop reading UDP.
+
+        The UDP transport is closed (uvloop's cannot pause reading) once a duplicate of its
+        socket is kept for the answers still in flight (:class:`UDPOut`). What the kernel
+        queued stays in the socket for whoever else holds it: a successor after a hand-over
+        (or nobody, and it goes when the process exits)."""
         self.accepting = False
         if self.tcp is not None:
             self.tcp.close()
-        if self.udp is not None:
-            try:
-                self.udp.pause_reading()  # type: ignore[attr-defined]
-            except (AttributeError, NotImplementedError, RuntimeError):
-                pass
+        if self.udp is not None and self.out is not None and self.out.sock is None:
+            fd = self.udp.get_extra_info("socket").fileno()
+            dup = socket.socket(fileno=os.dup(fd))
+            dup.setblocking(False)
+            self.out.sock = dup
+            self.udp.close()
 
     def close(self) -> None:
         if self.udp is not None:
             self.udp.close()
+        if self.out is not None and self.out.sock is not None:
+            self.out.sock.close()
         for c in list(self.tcp_conns):
             c.close()
 
@@ -283,13 +325,38 @@ class Listener:
         self.server.spawn(self.server.handle(r, req, w, self))
 
 
+class UDPOut(asyncio.DatagramTransport):
+    """Where the slow path's UDP answers go: the loop's transport while the listener reads;
+    once it stopped reading (stop, hand-over), a duplicate of the same socket, so the answers
+    to queries still in flight leave from the same address after the transport closed."""
+
+    def __init__(self, transport: asyncio.DatagramTransport) -> None:
+        super().__init__()
+        self.transport = transport
+        self.sock: socket.socket | None = None
+
+    def is_closing(self) -> bool:
+        return self.sock is None and self.transport.is_closing()
+
+    def sendto(self, data: Any, addr: Any = None) -> None:
+        if self.sock is None:
+            self.transport.sendto(data, addr)
+            return
+        try:
+            self.sock.sendto(data, addr)
+        except OSError as e:
+            log.debug("udp send after stop: %s", e)
+
+
 class UDPProtocol(asyncio.DatagramProtocol):
     def __init__(self, listener: Listener) -> None:
         self.listener = listener
         self.transport: asyncio.DatagramTransport | None = None
+        self.out: UDPOut | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.out = self.listener.out = UDPOut(transport)  # type: ignore[arg-type]
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         t0 = _perf()
@@ -351,8 +418,8 @@ class UDPProtocol(asyncio.DatagramProtocol):
             if out is not None:
                 self.transport.sendto(out, addr)  # type: ignore[union-attr]
             elif q is not None and r is not None:
-                transport = self.transport
-                ln.slow(q, r, addr, lambda req: UDPWriter(req, transport), False, v6)  # type: ignore[arg-type]
+                snd = self.out
+                ln.slow(q, r, addr, lambda req: UDPWriter(req, snd), False, v6)  # type: ignore[arg-type]
         except Exception:  # a bug on the hit path: SERVFAIL, counted, logged, still serving
             err = ln.panic(data, addr, False)
             if err is not None:

@@ -65,9 +65,11 @@ class TCPProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         ln = self.listener
-        if not ln.accepting or (len(ln.tcp_conns) >= ln.tcp_max and not ln.make_room()):
+        # Accepted before the listener closed (stop, hand-over) is served all the same: the
+        # drain waits for its query; closing it unread would cut the client off.
+        if len(ln.tcp_conns) >= ln.tcp_max and not ln.make_room():
             # Closed unread: whatever it carried counts as one query dropped.
-            ln.drop("tcp_limit" if ln.accepting else "shutdown")
+            ln.drop("tcp_limit")
             transport.close()
             return
         ln.tcp_conns.add(self)
@@ -95,6 +97,10 @@ class TCPProtocol(asyncio.Protocol):
             return
         self.listener.drop("tcp_timeout")
         self.close()
+
+    def idle_for(self, now: float) -> float:
+        """Seconds with no query pending, none half-read and nothing read (0 when busy)."""
+        return 0.0 if self.pending or self.buf else now - self.last
 
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
