@@ -28,9 +28,9 @@ TTL = 300
 ADDR = "192.0.2.1"
 
 
-def start(conf: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen([PY, "-m", "linkdns", "-conf", str(conf)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+def start(conf: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([PY, "-m", "linkdns", "-conf", str(conf), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def wait_ready(p: subprocess.Popen[str], port: int, timeout: float = 20.0) -> None:
@@ -166,7 +166,7 @@ def test_a_start_that_fails_leaves_the_file_alone(up: FakeUpstream, tmp_path: Pa
     first = start(conf)
     try:
         wait_dns(first, port)
-        second = start(conf)  # the port is taken by ``first``
+        second = start(conf, "-handover.socket", "none")  # the port is taken by ``first``
         out, _ = second.communicate(timeout=20)
         assert second.returncode == 1, out
         assert "restored 1 entries" in out
