@@ -243,6 +243,8 @@ class Server:
         for ln in self.listeners.values():
             ln.stop_accepting()
         await self._drain(time.monotonic() + self.drain_timeout)
+        if self.handed_over and not self.stopping:
+            log.info("hand-over: drained; idle until SIGTERM")
 
     async def _drain(self, deadline: float) -> None:
         """Queries in flight finish; each TCP connection closes once idle (its answers out,
