@@ -132,8 +132,9 @@ def test_failed_second_start_leaves_the_first_instance_alone(
     try:
         first.wait_for("[INFO] linkdns-")
         want = sorted(expected_rules(LOCAL) + expected_rules(KUBE_DNS))
+        # hand-over off: with it, the second would take the sockets over instead of failing
         second = Daemon(ns, "-localip", TWO, *config(tmp_path / "b", upstream, lock=lock),
-                        env=ENV)
+                        "-handover.socket", "none", env=ENV)
         assert second.stop(None) == 1, second.out
         assert "Address already in use" in second.out
         assert "Removed" not in second.out and "Tearing down" not in second.out
