@@ -32,6 +32,7 @@ from linkdns.server.hitpath import (
     opt_shape,
     sized_opt,
 )
+from linkdns.server.sockets import UDPOut, bind_pair, inherited_pair
 from linkdns.server.stats import ZoneStats, size_bucket
 from linkdns.server.tcp import TCPProtocol, tcp_limit
 from linkdns.writer import UDPWriter, Writer
@@ -133,49 +134,12 @@ class Listener:
                     inherited: list[socket.socket] | None = None) -> None:
         """Bind UDP and TCP, or serve ``inherited`` sockets (a predecessor's, hand-over)."""
         if inherited:
-            usock, tsock = self._inherit(inherited)
-            self.port = usock.getsockname()[1]
-            self.name = self._name()
-            await self._serve(usock, tsock)
-            return
-        fam = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        host = self.host or ("::" if fam == socket.AF_INET6 else "0.0.0.0")
-        for attempt in range(20):
-            usock = socket.socket(fam, socket.SOCK_DGRAM)
-            tsock = socket.socket(fam, socket.SOCK_STREAM)
-            try:
-                for s in (usock, tsock):
-                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                    if reuse_port:
-                        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                    if fam == socket.AF_INET6:
-                        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                usock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-                usock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
-                usock.bind((host, self.port))
-                port = usock.getsockname()[1]
-                tsock.bind((host, port))
-            except OSError:
-                usock.close()
-                tsock.close()
-                if self.port == 0 and attempt < 19:
-                    continue  # ephemeral UDP port taken for TCP: pick another
-                raise
-            self.port = port
-            self.name = self._name()
-            break
-        tsock.listen(1024)
+            usock, tsock = inherited_pair(inherited, self.name)
+        else:
+            usock, tsock = bind_pair(self.host, self.port, reuse_port)
+        self.port = usock.getsockname()[1]
+        self.name = self._name()
         await self._serve(usock, tsock)
-
-    def _inherit(self, socks: list[socket.socket]) -> tuple[socket.socket, socket.socket]:
-        udp = [s for s in socks if s.type == socket.SOCK_DGRAM]
-        tcp = [s for s in socks if s.type == socket.SOCK_STREAM]
-        if len(udp) != 1 or len(tcp) != 1:
-            for s in socks:
-                s.close()
-            raise OSError(f"hand-over: {self.name}: expected one UDP and one TCP socket, "
-                          f"got {len(udp)} and {len(tcp)}")
-        return udp[0], tcp[0]
 
     async def _serve(self, usock: socket.socket, tsock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -323,29 +287,6 @@ class Listener:
         w: Writer = w_factory(req)
         r.stats.count_request(q.qtype, tcp, v6, q.do, len(q.data))
         self.server.spawn(self.server.handle(r, req, w, self))
-
-
-class UDPOut(asyncio.DatagramTransport):
-    """Where the slow path's UDP answers go: the loop's transport while the listener reads;
-    once it stopped reading (stop, hand-over), a duplicate of the same socket, so the answers
-    to queries still in flight leave from the same address after the transport closed."""
-
-    def __init__(self, transport: asyncio.DatagramTransport) -> None:
-        super().__init__()
-        self.transport = transport
-        self.sock: socket.socket | None = None
-
-    def is_closing(self) -> bool:
-        return self.sock is None and self.transport.is_closing()
-
-    def sendto(self, data: Any, addr: Any = None) -> None:
-        if self.sock is None:
-            self.transport.sendto(data, addr)
-            return
-        try:
-            self.sock.sendto(data, addr)
-        except OSError as e:
-            log.debug("udp send after stop: %s", e)
 
 
 class UDPProtocol(asyncio.DatagramProtocol):
