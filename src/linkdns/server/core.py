@@ -161,6 +161,7 @@ class Server:
             ln = self.listeners.get(key)
             if ln is None:
                 ln = Listener(self, *key)
+                ln.set_sites(group)  # routes in place before the first query is read
                 await ln.start(self.reuse_port, self.take_inherited(("dns", *key)))
                 self.listeners[key] = ln
                 if not ln.host:

@@ -48,7 +48,7 @@ _perf = time.perf_counter
 #: slow-path queries in flight per listener (unbound's num-queries-per-thread): a UDP query
 #: over it is dropped and counted (reason ``flood``), a TCP one answered REFUSED
 MAX_INFLIGHT = 1024
-TCP_DRAIN_IDLE = 0.2  # at stop, a connection closes once idle this long (server/core.py)
+TCP_DRAIN_IDLE = 0.5  # at stop, a connection closes once idle this long (server/core.py)
 
 class Route:
     """A zone of a site, as the router sees it, with what a cache hit needs from the site:

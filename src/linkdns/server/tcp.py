@@ -13,7 +13,10 @@ not read its replies stops being read while the transport's write buffer is full
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import resource
+import struct
+import termios
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -99,8 +102,24 @@ class TCPProtocol(asyncio.Protocol):
         self.close()
 
     def idle_for(self, now: float) -> float:
-        """Seconds with no query pending, none half-read and nothing read (0 when busy)."""
-        return 0.0 if self.pending or self.buf else now - self.last
+        """Seconds with no query pending, none half-read and nothing read (0 when busy, or
+        when the kernel holds bytes not read yet: a loop that was late must not take a query
+        already sent for an idle connection)."""
+        if self.pending or self.buf or self.unread():
+            return 0.0
+        return now - self.last
+
+    def unread(self) -> int:
+        """Bytes received by the kernel for this connection and not read yet."""
+        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
+        if sock is None:
+            return 0
+        try:
+            n: int = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD,
+                                                    b"\0\0\0\0"))[0]
+        except (OSError, ValueError):
+            return 0
+        return n
 
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
