@@ -125,9 +125,11 @@ def test_thousands_of_connections(srv: Running) -> None:
     if soft < 2 * want + 300 and hard > soft:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 2 * want + 300), hard))
     n = min(want, (resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 200) // 2)
+    assert n >= 300, "ulimit -n too low for this test"
     (ln,) = srv.server.listeners.values()
+    if ln.tcp_max >= n:  # a hard fd limit under ~2300: go over a lower connection limit
+        srv.run(lambda: setattr(ln, "tcp_max", n * 2 // 3))
     limit = ln.tcp_max
-    assert n > limit, "the fd limit is too low to go over the connection limit"
     socks = []
     try:
         for i in range(n):
