@@ -44,6 +44,13 @@ def setup_logging(level: int = logging.INFO) -> None:
     root.propagate = False
 
 
+def _positive(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text}")
+    return n
+
+
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="linkdns", description="Node-local caching DNS forwarder (CoreDNS Corefile).")
@@ -59,7 +66,7 @@ def make_parser() -> argparse.ArgumentParser:
                    help="worker processes sharing the ports with SO_REUSEPORT (default 1)")
     p.add_argument("-drain", type=float, default=5.0,
                    help="seconds in-flight queries may take to finish at shutdown")
-    p.add_argument("-max-inflight", dest="max_inflight", type=int, default=MAX_INFLIGHT,
+    p.add_argument("-max-inflight", dest="max_inflight", type=_positive, default=MAX_INFLIGHT,
                    help="queries in flight per listener before new UDP ones are dropped and "
                         f"TCP ones refused (default {MAX_INFLIGHT})")
     p.add_argument("-handover.socket", dest="handover", default="", metavar="PATH",
