@@ -173,3 +173,41 @@ def test_a_start_that_fails_leaves_the_file_alone(up: FakeUpstream, tmp_path: Pa
         assert snap.read_bytes() == before
     finally:
         reap(first)
+
+
+def test_a_hand_over_successor_starts_with_the_old_instances_entries(
+        up: FakeUpstream, tmp_path: Path) -> None:
+    """Overlap: the old instance saves right before it passes its sockets, the successor
+    loads that file in its start; the old one's stop then does not write again."""
+    port = free_port()
+    snap = tmp_path / "cache.snap"
+    conf = tmp_path / "Corefile"
+    conf.write_text(f".:{port} {{\n bind 127.0.0.1\n cache {{\n  snapshot {snap}\n }}\n"
+                    f" forward . {up.addr}\n}}\n")
+    ctl = str(tmp_path / "handover.sock")
+    up.handler = lambda q, proto: a_records(q, 1, TTL, first=ADDR)
+    old = start(conf, "-handover.socket", ctl)
+    new: subprocess.Popen[str] | None = None
+    try:
+        wait_dns(old, port)
+        for i in range(50):
+            query(port, f"h{i}.drill.example.", timeout=2)
+        assert not snap.exists()  # nothing saved yet: the old instance still runs
+        up.handler = lambda q, proto: Drop()
+        up.reset()
+        new = start(conf, "-handover.socket", ctl)
+        deadline = time.monotonic() + 20
+        while not snap.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        old_out = stop(old)  # the successor serves on the same sockets from here on
+        for i in range(50):
+            r = query(port, f"h{i}.drill.example.", timeout=1.0)
+            assert str(r.answer[0][0]) == ADDR
+        new_out = stop(new)
+    finally:
+        reap(old)
+        if new is not None:
+            reap(new)
+    assert up.queries == []
+    assert old_out.count("saved 51 entries") == 1, old_out  # the hook's, not the stop's too
+    assert "restored 51 entries" in new_out, new_out

@@ -299,7 +299,7 @@ class Snapshot:
             if not site.server.started.is_set():
                 return
             # False when the successor failed after the hook ran: this instance serves on
-            successor = successor and getattr(site.server, "handed_over", True)
+            successor = successor and site.server.handed_over
         if not successor:
             self.save()
 
