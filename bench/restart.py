@@ -159,7 +159,8 @@ def table(rows: list[Figures]) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("variants", nargs="*", default=list(VARIANTS), choices=[[], *VARIANTS])
+    p.add_argument("variants", nargs="*", metavar="VARIANT",
+                   help=f"any of {', '.join(VARIANTS)} (default: all)")
     p.add_argument("--rate", type=int, default=500, help="queries a second (default 500)")
     p.add_argument("--names", type=int, default=2000, help="working set (default 2000)")
     p.add_argument("--warm", type=float, default=4.0, help="seconds before the restart")
@@ -168,7 +169,10 @@ def main() -> int:
     p.add_argument("--proto", choices=["udp", "tcp"], default="udp")
     p.add_argument("--json", help="also write the figures here")
     args = p.parse_args()
-    rows = [run(VARIANTS[name], args) for name in args.variants]
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown:
+        p.error(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
+    rows = [run(VARIANTS[name], args) for name in args.variants or VARIANTS]
     print(table(rows))
     if args.json:
         Path(args.json).write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")
