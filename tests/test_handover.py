@@ -23,7 +23,10 @@ from drill import Daemon, Load, Result, alive, corefile
 from fakeupstream import FakeUpstream, Reply, a_records
 from harness import free_port, http_get, query
 
+from linkdns.config import build_sites
+from linkdns.corefile import parse_corefile
 from linkdns.server import handover
+from linkdns.server.core import Server
 
 UPSTREAM_DELAY = 0.02  # every miss is in flight this long: there is always some in flight
 
@@ -275,3 +278,52 @@ def test_query_answered_in_flight_at_the_hand_over_reaches_the_client(
         assert old.stop() == 0
     finally:
         stop_all(old, *([new] if new else []))
+
+
+def test_workers_hand_over_worker_by_worker(tmp_path: Path, slow_up: FakeUpstream) -> None:
+    """-workers N: worker i of the successor takes worker i's sockets (its own SO_REUSEPORT
+    sockets, DNS and HTTP) over."""
+    port, ready, metrics = free_port(), free_port(), free_port()
+    path = corefile(tmp_path / "Corefile", port, slow_up.addr, ready, metrics)
+    old = Daemon("-conf", str(path), "-workers", "2")
+    new: Daemon | None = None
+    try:
+        old.wait_for("linkdns-")
+        new = Daemon("-conf", str(path), "-workers", "2")
+        new.wait_for("hand-over: serving")
+        deadline = time.monotonic() + 15
+        while new.out.count("hand-over: serving") < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert new.out.count("took 4 listening socket(s) over") == 2, new.out
+        assert old.stop() == 0, old.out
+        for i in range(20):  # new source ports: the kernel spreads them over both workers
+            assert query(port, f"w{i}.example.", timeout=2).rcode() == dns.rcode.NOERROR
+        assert http_get(ready, "/ready")[0] == 200
+        assert new.stop() == 0, new.out
+    finally:
+        stop_all(old, *([new] if new else []))
+
+
+async def test_a_reload_that_changes_the_addresses_moves_the_control_socket(
+        tmp_path: Path) -> None:
+    def derive(keys: list[tuple[str, int]]) -> str:
+        return str(tmp_path / ("-".join(f"{h}_{p}" for h, p in keys) + ".sock"))
+
+    a, b = free_port(), free_port()
+    server = Server.from_blocks(parse_corefile(f".:{a} {{\n  bind 127.0.0.1\n}}\n"))
+    server.handover_derive = derive
+    server.handover_path = derive(server.listen_keys())
+    await server.start()
+    try:
+        first = derive([("127.0.0.1", a)])
+        assert os.path.exists(first)
+        await server.reload(build_sites(parse_corefile(f".:{b} {{\n  bind 127.0.0.1\n}}\n"),
+                                        53))
+        moved = derive([("127.0.0.1", b)])
+        assert not os.path.exists(first) and os.path.exists(moved)
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        probe.connect(moved)  # a live control socket there
+        probe.close()
+    finally:
+        await server.stop()
+    assert not os.path.exists(moved)

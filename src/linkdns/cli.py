@@ -139,6 +139,8 @@ async def serve(path: str, dns_port: int, drain: float, worker: Worker | None = 
         if node is not None and (worker is None or worker.index == 0):
             server.registry.register(node.errors)  # as node-cache: on both metrics endpoints
         server.handover_path = handover_path(handover, server.listen_keys(), worker)
+        if not handover:
+            server.handover_derive = lambda keys: handover_path("", keys, worker)
     except ConfigError as e:
         for one in e.all:
             log.fatal("%s", one)

@@ -71,6 +71,10 @@ class Server:
         self.handover_hooks: list[Callable[[], None]] = []
         #: the hand-over control socket (None: off; the CLI sets it, see server/handover.py)
         self.handover_path: str | None = None
+        #: the control path for a set of listen addresses (the CLI's derivation): a reload
+        #: that changes the addresses moves the control socket where a successor started
+        #: with the new Corefile looks for it
+        self.handover_derive: Callable[[list[tuple[str, int]]], str | None] | None = None
         #: True once a successor serves on this instance's sockets (shared from then on):
         #: what is bound to this process's addresses belongs to the successor too -- stop
         #: without a lame duck and without undoing node set-up (node-local teardown)
@@ -106,10 +110,7 @@ class Server:
                 self._expo = await workers.serve_exposition(
                     self.worker, lambda: generate_latest(reg))
             if self.handover_path is not None:
-                self._control = handover.Control(
-                    self.handover_path, self.listening, self.handover_hooks, self._handed_over,
-                    refuse=lambda: self.stopping)
-                self._control.open()
+                self._open_control(self.handover_path)
         except BaseException:
             if pred is not None:
                 pred.close()  # the predecessor keeps serving alone
@@ -123,6 +124,28 @@ class Server:
                 log.info("hand-over: serving; pid %d may stop now", pred.peer.pid)
             pred.close()
         self.started.set()
+
+    def _open_control(self, path: str) -> None:
+        self._control = handover.Control(path, self.listening, self.handover_hooks,
+                                         self._handed_over, refuse=lambda: self.stopping)
+        self._control.open()
+
+    def _move_control(self) -> None:
+        """After a reload: the control socket where the new listen addresses put it."""
+        if self.handover_derive is None or self.handed_over:
+            return
+        path = self.handover_derive(self.listen_keys())
+        if path == self.handover_path:
+            return
+        if self._control is not None:
+            self._control.close()
+            self._control = None
+        self.handover_path = path
+        if path is not None:
+            try:
+                self._open_control(path)
+            except OSError as e:
+                log.error("hand-over: no control socket at %s: %s", path, e)
 
     def take_inherited(self, key: handover.Key) -> list[Any] | None:
         """The predecessor's sockets for ``key`` (("dns"|"http", host, port)), if any."""
@@ -205,6 +228,7 @@ class Server:
             ln.close()
         for site in old:
             await site.stop()
+        self._move_control()
         log.info("Reload completed: %d server block(s)", len(new))
 
     async def stop(self) -> None:
