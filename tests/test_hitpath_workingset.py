@@ -248,3 +248,31 @@ def test_routing_by_name_picks_the_longest_zone_with_several_blocks() -> None:
         srv.run(store_in_wrong_zone)
         # stored in cluster.local's cache, but the name is svc.cluster.local's: not a hit
         assert srv.run(lambda: ln.hit_wire(q, False, False, 0.0)) is None
+
+
+def test_hits_are_counted_through_the_ledger_exactly() -> None:
+    """The hit path notes a hit as one ledger entry; folded, the counters hold what CoreDNS's
+    would: requests by type, DO, cache responses by rcode, both size histograms (sums and
+    buckets), one duration per hit."""
+    name = wire.text_to_name("count.example")
+    with Running(corefile()) as srv:
+        fill(srv, [(query(name, wire.T_AAAA, 1, OPT_RESOLVED), 3)])
+        ln = listener(srv)
+        zs = srv.server.stats.zone(ln.name, ".")
+        q = query(name, wire.T_AAAA, 2, OPT_RESOLVED)
+        replies = exchange_all(srv.port, [q[:0] + bytes((0, i)) + q[2:] for i in range(7)])
+        rlen = len(replies[0])
+
+        def read() -> tuple[Any, ...]:
+            zs.fold()
+            return (dict(zs.requests), zs.do_requests, dict(zs.responses),
+                    zs.req_size[0].sum, list(zs.req_size[0].counts), zs.resp_size[0].sum,
+                    list(zs.resp_size[0].counts), sum(zs.duration.counts), dict(zs.hits))
+
+        reqs, do, resps, qsum, qcounts, rsum, rcounts, durations, ledger = srv.run(read)
+        assert reqs == {wire.T_AAAA << 2: 7} and do == 7 and resps == {(0, "cache"): 7}
+        assert qsum == 7 * len(q) and rsum == 7 * rlen and durations == 7 and ledger == {}
+        bounds = zs.req_size[0].bounds
+        assert qcounts[next(i for i, b in enumerate(bounds) if len(q) <= b)] == 7
+        assert rcounts[next(i for i, b in enumerate(bounds) if rlen <= b)] == 7
+        assert sum(qcounts) == sum(rcounts) == 7

@@ -171,6 +171,7 @@ class ServerCollector:
             if zone != DROPPED and (server, zone) not in zones:
                 continue
             lz = [server, zone, VIEW]
+            zs.fold()  # the hit path's ledger into the counters
             for proto, family, typ, n in sorted(zs.request_rows()):
                 f.requests.add_metric([*lz, proto, family, typ], n)
             for (rc, plugin), n in sorted(list(zs.responses.items())):

@@ -13,7 +13,6 @@ import time
 from typing import TYPE_CHECKING
 
 from linkdns import wire
-from linkdns.server.stats import size_bucket
 
 if TYPE_CHECKING:
     from linkdns.server.listen import Listener, Route
@@ -32,8 +31,6 @@ KEY_FLAG = (b"\x00", b"\x01", b"\x02", b"\x03")
 #: (one per client): those queries take the scanning path.
 OPTS_MAX = 256
 OPTS: dict[bytes, tuple[int, int, bytes]] = {}
-#: request-size bucket by query length (the usual lengths; longer ones are looked up)
-QBUCKET = [size_bucket(n) for n in range(1024)]
 NO_OPT = (wire.MIN_UDP, 0, b"")
 
 
@@ -139,9 +136,8 @@ def hit_wire(ln: Listener, data: bytes, tcp: bool, v6: bool, t0: float) -> bytea
         return None
     for h in r.rewrites:
         h.hit_rewrite(reply)
-    r.stats.count_hit(((data[z + 1] << 8 | data[z + 2]) << 2) | tcp << 1 | v6, flag & 1 == 1,
-                      QBUCKET[n] if n < 1024 else size_bucket(n), n, len(reply),
-                      reply[3] & 0xF, tcp, _perf() - t0)
+    r.stats.count_hit((data[z + 1], data[z + 2], tcp, v6, flag, n, len(reply), reply[3]),
+                      _perf() - t0)
     return reply
 
 def hit_scanned(q: wire.Query, r: Route, tcp: bool, v6: bool, t0: float) -> bytearray | None:
@@ -161,7 +157,6 @@ def hit_scanned(q: wire.Query, r: Route, tcp: bool, v6: bool, t0: float) -> byte
         return None
     for h in r.rewrites:
         h.hit_rewrite(reply)
-    n = len(q.data)
-    r.stats.count_hit(q.qtype << 2 | tcp << 1 | v6, q.do, size_bucket(n), n, len(reply),
-                      reply[3] & 0xF, tcp, _perf() - t0)
+    r.stats.count_hit((q.qtype >> 8, q.qtype & 0xFF, tcp, v6, int(q.do), len(q.data),
+                       len(reply), reply[3]), _perf() - t0)
     return reply

@@ -27,7 +27,7 @@ DROP_REASONS = ("flood", "tcp_limit", "tcp_timeout", "malformed", "acl", "shutdo
 
 # Hit-path constants: the responses key of each rcode for plugin "cache"; the first bucket.
 _CACHE_KEYS: tuple[tuple[int, str], ...] = tuple((rc, "cache") for rc in range(16))
-_FIRST_TIME = TIME_BUCKETS[0]
+FIRST_TIME = TIME_BUCKETS[0]
 
 # Types CoreDNS labels by name (plugin/pkg/dnstest? no: plugin/metrics/vars monitorType).
 MONITORED_TYPES: dict[int, str] = {
@@ -39,11 +39,6 @@ MONITORED_TYPES: dict[int, str] = {
 
 def type_label(qtype: int) -> str:
     return MONITORED_TYPES.get(qtype, "other")
-
-
-def size_bucket(size: int) -> int:
-    """Index of the size bucket ``size`` falls in (for precomputing it per query shape)."""
-    return bisect_left(SIZE_BUCKETS, size)
 
 
 class Hist:
@@ -70,15 +65,23 @@ class Hist:
         self.sum += other.sum
 
 
+#: a cache hit as the hit path notes it: (qtype high byte, qtype low byte, TCP, IPv6, the
+#: key's DO/CD byte, query length, reply length, reply byte 3 (rcode in its low bits))
+HitSig = tuple[int, int, bool, bool, int, int, int, int]
+
+
 class ZoneStats:
     """Counters for one (server, zone): what coredns_dns_* metrics report.
 
     ``requests`` is keyed by ``qtype << 2 | (proto == "tcp") << 1 | (family == 2)`` so the hot
-    path builds no tuple; ``responses`` by ``(rcode, plugin)``.
+    path builds no tuple; ``responses`` by ``(rcode, plugin)``. Cache hits are noted in
+    ``hits``, a ledger of hit signatures (a handful of distinct ones: types x sizes x
+    families) and their counts, one dict increment per hit; :meth:`fold` moves it into the
+    counters when they are read (the collector, on the loop).
     """
 
-    __slots__ = ("do_requests", "duration", "req_size", "requests", "resp_size", "responses",
-                 "server", "zone")
+    __slots__ = ("do_requests", "duration", "hits", "req_size", "requests", "resp_size",
+                 "responses", "server", "zone")
 
     def __init__(self, server: str, zone: str) -> None:
         self.server = server
@@ -89,6 +92,33 @@ class ZoneStats:
         self.duration = Hist(TIME_BUCKETS)
         self.req_size = (Hist(SIZE_BUCKETS), Hist(SIZE_BUCKETS))  # udp, tcp
         self.resp_size = (Hist(SIZE_BUCKETS), Hist(SIZE_BUCKETS))
+        self.hits: dict[HitSig, int] = {}
+
+    def count_hit(self, sig: HitSig, secs: float) -> None:
+        """A cache hit (the UDP hit path inlines this)."""
+        hits = self.hits
+        hits[sig] = hits.get(sig, 0) + 1
+        d = self.duration
+        d.counts[0 if secs <= FIRST_TIME else bisect_left(d.bounds, secs)] += 1
+        d.sum += secs
+
+    def fold(self) -> None:
+        """Move the hit ledger into the request/response counters and size histograms."""
+        hits, self.hits = self.hits, {}
+        requests, responses = self.requests, self.responses
+        for (hi, lo, tcp, v6, flag, qsize, rsize, b3), n in hits.items():
+            k = (hi << 8 | lo) << 2 | tcp << 1 | v6
+            requests[k] = requests.get(k, 0) + n
+            if flag & 1:
+                self.do_requests += n
+            h = self.req_size[tcp]
+            h.counts[bisect_left(h.bounds, qsize)] += n
+            h.sum += qsize * n
+            rk = _CACHE_KEYS[b3 & 0xF]
+            responses[rk] = responses.get(rk, 0) + n
+            h = self.resp_size[tcp]
+            h.counts[bisect_left(h.bounds, rsize)] += n
+            h.sum += rsize * n
 
     def count_request(self, qtype: int, tcp: bool, v6: bool, do: bool, size: int) -> None:
         k = qtype << 2 | tcp << 1 | v6
@@ -105,30 +135,9 @@ class ZoneStats:
         self.resp_size[tcp].observe(size)
         self.duration.observe(secs)
 
-    def count_hit(self, rkey: int, do: bool, qbucket: int, qsize: int, rsize: int, rcode: int,
-                  tcp: bool, secs: float) -> None:
-        """count_request + count_response(plugin="cache") in one call for the hit path;
-        ``rkey`` is the ``requests`` key already built (qtype << 2 | tcp << 1 | v6) and
-        ``qbucket`` the request-size bucket (both fixed per query shape)."""
-        r = self.requests
-        r[rkey] = r.get(rkey, 0) + 1
-        if do:
-            self.do_requests += 1
-        h = self.req_size[tcp]
-        h.counts[qbucket] += 1
-        h.sum += qsize
-        rk = _CACHE_KEYS[rcode]
-        resp = self.responses
-        resp[rk] = resp.get(rk, 0) + 1
-        h = self.resp_size[tcp]
-        h.counts[bisect_left(h.bounds, rsize)] += 1
-        h.sum += rsize
-        h = self.duration
-        h.counts[0 if secs <= _FIRST_TIME else bisect_left(h.bounds, secs)] += 1
-        h.sum += secs
-
     def request_rows(self) -> list[tuple[str, str, str, int]]:
         """(proto, family, type, count) rows with CoreDNS label values, merged by type label."""
+        self.fold()
         rows: dict[tuple[str, str, str], int] = {}
         for k, n in self.requests.items():
             key = ("tcp" if k & 2 else "udp", "2" if k & 1 else "1", type_label(k >> 2))
