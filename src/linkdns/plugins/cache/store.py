@@ -140,7 +140,8 @@ class Entry:
             0x80 | (0x10 if cd else 0) | (0x20 if ad and do else 0) | (data[3] & 0x0F),
         )) + data[4:HEADER_LEN]
         self.head = share_head(hdr, SUCCESS if kind == SUCCESS else DENIAL, ad)
-        self.offsets = share_shape(tuple(o - q_end for o in offsets))
+        self.offsets = share_shape(  # (one record: no generator to run)
+            (offsets[0] - q_end,) if len(offsets) == 1 else tuple([o - q_end for o in offsets]))
         self.stored = stored  # clock seconds when stored
         self.orig_ttl = ttl = share_int(ttl)  # clamped TTL (seconds, > 0)
         self.used = False  # CLOCK reference bit
