@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections import deque
 from collections.abc import Callable
 from typing import Final
 
@@ -27,7 +28,7 @@ from linkdns.errors import UpstreamError, WireError
 from linkdns.plugins.forward.scrub import T_TSIG, scrub
 
 #: unused random query IDs, refilled 256 at a time from the OS CSPRNG (one getrandom call
-#: per 256 queries instead of one per query); the UDP path pops from it directly
+#: per 256 queries instead of one per query) by ``refill``; the UDP path pops from it directly
 ids: list[int] = []
 
 IGNORE: Final = 1
@@ -62,11 +63,39 @@ class ClosedByPeer(UpstreamError):
     """The upstream closed the (TCP) connection before answering."""
 
 
+#: no query ID is handed out twice within this many (per process): an ID drawn again within
+#: the window is skipped (a stale or late reply can then never carry a live query's ID; the
+#: window costs 0.1 bit of the 16)
+ID_WINDOW: Final = 4096
+_recent: deque[int] = deque()
+_recent_set: set[int] = set()
+
+
 def new_id() -> int:
-    """A random 16-bit query ID (os.urandom, as SystemRandom, but read in batches)."""
+    """A random 16-bit query ID (os.urandom, as SystemRandom, but read 256 at a time)."""
     if not ids:
-        ids.extend(memoryview(os.urandom(512)).cast("H"))
+        refill()
     return ids.pop()
+
+
+def refill() -> None:
+    """Put 256 fresh IDs in ``ids``: random, none among the last ``ID_WINDOW`` handed out
+    (``ids`` is empty when this runs, so every ID made before was handed out already)."""
+    recent, seen = _recent, _recent_set
+    batch: list[int] = []
+    while len(batch) < 256:
+        for i in memoryview(os.urandom(512)).cast("H"):
+            if i in seen:
+                continue
+            seen.add(i)
+            recent.append(i)
+            if len(recent) > ID_WINDOW:
+                seen.discard(recent.popleft())
+            batch.append(i)
+            if len(batch) == 256:
+                break
+    batch.reverse()  # handed out from the end: in the order they were drawn
+    ids.extend(batch)
 
 
 def classify(data: bytes, q: Question) -> bytes | int:

@@ -5,8 +5,8 @@ off-path attacker would only have to guess the 16-bit ID. Why not a socket per q
 dials one, from a pool): that costs a socket, an endpoint and a close per miss.
 
 So each upstream keeps up to ``POOL_SIZE`` connected UDP sockets; each gets a kernel-chosen
-(randomised on Linux) ephemeral port and serves at most ``MAX_USES`` queries before it is
-retired (closed once its last in-flight query finished) and replaced by a fresh socket on a
+(randomised on Linux) ephemeral port, not one of the last ``PORT_WINDOW`` sockets' ports, and
+serves at most ``MAX_USES`` queries before it is retired (closed once its last in-flight query finished) and replaced by a fresh socket on a
 new port. Queries on a socket are told apart by a random ID unique among its in-flight
 queries. Connected sockets make the kernel drop datagrams from any other address or port, and
 report ICMP port-unreachable as an error, so a dead upstream fails fast. Idle sockets are
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections import deque
 from typing import TYPE_CHECKING
 
 from linkdns.errors import UpstreamError
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
 
 POOL_SIZE = 4
 MAX_USES = 64
+#: a source port is not used again within this many sockets opened (see ``_open``)
+PORT_WINDOW = 64
 #: the largest datagram we read (a reply can be as large as the client's EDNS size)
 MAX_DATAGRAM = 65535
 #: datagrams read per readiness callback at most (as libuv), so one busy socket can't starve
@@ -74,10 +77,8 @@ class UdpSock:
         self.uses = 0
         self.last = 0.0
         self.retired = False
-        sock = socket.socket(up.family, socket.SOCK_DGRAM)
+        sock = _open(up)
         try:
-            sock.setblocking(False)
-            sock.connect(up.sockaddr)
             self.local = _fmt(sock.getsockname())
             loop.add_reader(sock.fileno(), self._readable)
         except OSError as e:
@@ -259,6 +260,39 @@ class UdpPool:
         for s in [*self.active, *self.draining]:
             self.retire(s)
             s.close()
+
+
+#: the source ports of the last PORT_WINDOW sockets opened (all upstreams of this process)
+_recent_ports: deque[int] = deque()
+_recent_port_set: set[int] = set()
+
+
+def _open(up: Upstream) -> socket.socket:
+    """A non-blocking UDP socket connected to ``up`` from a kernel-chosen (random) port that
+    none of the last ``PORT_WINDOW`` sockets used: a port the kernel hands out again that
+    soon is refused (kept open while the next is opened, so it cannot come back at once)."""
+    refused: list[socket.socket] = []
+    try:
+        for attempt in range(8):
+            sock = socket.socket(up.family, socket.SOCK_DGRAM)
+            try:
+                sock.setblocking(False)
+                sock.connect(up.sockaddr)
+                port = sock.getsockname()[1]
+            except OSError as e:
+                sock.close()
+                raise UpstreamError(f"dial udp {up.addr}: {e.strerror or e}") from None
+            if port not in _recent_port_set or attempt == 7:
+                break  # (after 8 refusals the kernel's choice stands)
+            refused.append(sock)
+        _recent_ports.append(port)
+        _recent_port_set.add(port)
+        if len(_recent_ports) > PORT_WINDOW:
+            _recent_port_set.discard(_recent_ports.popleft())
+        return sock
+    finally:
+        for r in refused:
+            r.close()
 
 
 def _fmt(name: tuple[str, int] | tuple[str, int, int, int]) -> str:
