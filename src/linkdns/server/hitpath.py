@@ -78,7 +78,7 @@ def sized_opt(size: int, do: int, cookie: bytes = b"") -> bytes:
     return opt
 
 
-def hit_wire(ln: Listener, data: bytes, tcp: bool, v6: bool, t0: float) -> bytearray | None:
+def hit_wire(ln: Listener, data: bytes, tcp: bool, v6: bool, t0: float) -> bytes | bytearray | None:
     """The hit path: a reply from the cache for ``data``, read in place, or None (not a
     hit, or not a query this path reads: ``Listener.fresh`` decides).
 
@@ -130,17 +130,21 @@ def hit_wire(ln: Listener, data: bytes, tcp: bool, v6: bool, t0: float) -> bytea
             size = h.hit_size(size)
         if opt:
             opt = sized_opt(size, flag & 1)
-    reply = cache.hit_wire(name + data[z + 1 : qe] + KEY_FLAG[flag], data, qe, opt,
-                         65535 if tcp else size)
+    reply: bytes | bytearray | None = cache.hit_wire(
+        name + data[z + 1 : qe] + KEY_FLAG[flag], data, qe, opt, 65535 if tcp else size)
     if reply is None:
         return None
-    for h in r.rewrites:
-        h.hit_rewrite(reply)
+    if r.rewrites:  # (loadbalance shuffles the records in place)
+        mutable = bytearray(reply)
+        for h in r.rewrites:
+            h.hit_rewrite(mutable)
+        reply = mutable
     r.stats.count_hit((data[z + 1], data[z + 2], tcp, v6, flag, n, len(reply), reply[3]),
                       _perf() - t0)
     return reply
 
-def hit_scanned(q: wire.Query, r: Route, tcp: bool, v6: bool, t0: float) -> bytearray | None:
+def hit_scanned(q: wire.Query, r: Route, tcp: bool, v6: bool,
+                t0: float) -> bytes | bytearray | None:
     """The hit path for a query it could not read in place (a COOKIE, say), scanned."""
     cache = r.cache
     if cache is None:
@@ -152,11 +156,15 @@ def hit_scanned(q: wire.Query, r: Route, tcp: bool, v6: bool, t0: float) -> byte
             size = h.hit_size(size)
         if opt:
             opt = sized_opt(size, q.do, q.cookie)
-    reply = cache.hit_wire(q.key, q.data, q.q_end, opt, 65535 if tcp else size)
+    reply: bytes | bytearray | None = cache.hit_wire(q.key, q.data, q.q_end, opt,
+                                                     65535 if tcp else size)
     if reply is None:
         return None
-    for h in r.rewrites:
-        h.hit_rewrite(reply)
+    if r.rewrites:  # (loadbalance shuffles the records in place)
+        mutable = bytearray(reply)
+        for h in r.rewrites:
+            h.hit_rewrite(mutable)
+        reply = mutable
     r.stats.count_hit((q.qtype >> 8, q.qtype & 0xFF, tcp, v6, int(q.do), len(q.data),
                        len(reply), reply[3]), _perf() - t0)
     return reply

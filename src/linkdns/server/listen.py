@@ -249,7 +249,7 @@ class Listener:
             return None, None, err
         return q, r, None
 
-    def hit_wire(self, data: bytes, tcp: bool, v6: bool, t0: float) -> bytearray | None:
+    def hit_wire(self, data: bytes, tcp: bool, v6: bool, t0: float) -> bytes | bytearray | None:
         """The hit path for ``data`` (see :func:`hitpath.hit_wire`)."""
         return hitpath.hit_wire(self, data, tcp, v6, t0)
 
@@ -339,11 +339,14 @@ class UDPProtocol(asyncio.DatagramProtocol):
                                 size = h.hit_size(size)
                             if opt:
                                 opt = sized_opt(size, flag & 1)
-                        reply = r.cache.hit_wire(name + data[z + 1 : qe] + KEY_FLAG[flag], data,
-                                                 qe, opt, size)
+                        reply: bytes | bytearray | None = r.cache.hit_wire(
+                            name + data[z + 1 : qe] + KEY_FLAG[flag], data, qe, opt, size)
                         if reply is not None:
-                            for h in r.rewrites:
-                                h.hit_rewrite(reply)
+                            if r.rewrites:  # (loadbalance shuffles the records in place)
+                                mutable = bytearray(reply)
+                                for h in r.rewrites:
+                                    h.hit_rewrite(mutable)
+                                reply = mutable
                             self.transport.sendto(reply, addr)  # type: ignore[union-attr]
                             # ZoneStats.count_hit, inlined: one ledger entry, the duration
                             st = r.stats

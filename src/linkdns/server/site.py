@@ -22,12 +22,12 @@ C = TypeVar("C")
 class HitCache(Protocol):
     """What the hit path needs from a cache plugin."""
 
-    def hit(self, q: Query, size: int) -> bytearray | None:
+    def hit(self, q: Query, size: int) -> bytes | None:
         """A complete reply for ``q`` (client's ID, question, flags, TTLs, OPT) that fits in
         ``size`` bytes, or None (miss, stale, too big: the slow path decides)."""
 
     def hit_wire(self, key: bytes, data: bytes, qe: int, opt: bytes,
-                 size: int) -> bytearray | None:
+                 size: int) -> bytes | None:
         """The same from the datagram itself: the cache ``key`` (as ``Query.key``), the
         client's ``data`` (ID, question up to ``qe``), the ``opt`` our reply carries."""
 

@@ -1,9 +1,9 @@
 """The cache handler: the synchronous hit path, the slow path, and background refreshes.
 
-Hit path (``hit``, called by the listener without a task): one dict lookup, one bytearray copy
-of the client's datagram (its ID and question), the entry's shared header bytes and its records
-(TTLs already written) put after it, RD/AD patches, the OPT appended. Counting is plain
-integers; dnslib and prometheus are never touched.
+Hit path (``hit_wire``, called by the listener without a task, with the key it read from the
+datagram in place): one dict lookup, then one join of the client's ID, the entry's shared
+header bytes for the client's RD/AD bits, the client's question (its letter case), the
+entry's records (TTLs already written) and the OPT. dnslib and prometheus are never touched.
 
 Slow path (``serve``): zone check, lookup (fresh hit, stale entry, miss). Misses run the rest
 of the chain with a Recorder; identical misses in flight share that one exchange. A stored
@@ -151,12 +151,12 @@ class Cache(Handler):
 
     # -- the hit path -----------------------------------------------------------------------
 
-    def hit(self, q: Query, size: int) -> bytearray | None:
+    def hit(self, q: Query, size: int) -> bytes | None:
         """A complete reply for ``q`` from a fresh entry, or None (miss, expired, too big)."""
         return self.hit_wire(q.key, q.data, q.q_end, client_opt(q), size)
 
     def hit_wire(self, key: bytes, data: bytes, qe: int, opt: bytes,
-                 size: int) -> bytearray | None:
+                 size: int) -> bytes | None:
         """The hit path's lookup: the reply to the client's datagram ``data`` (its question
         ends at ``qe``) from the fresh entry under ``key``, with ``opt`` appended (``b""``
         for a client without EDNS), if it fits ``size``; else None.
@@ -187,22 +187,9 @@ class Cache(Handler):
             if q is not None and not st:
                 self._refresh(e, Request(q, REFRESH_PEER, "udp", "", self.zones[0]))
         # policy.assemble, inlined (a call frame is ~10% of a hit); tests pin both to render.
-        buf = bytearray(data)
-        if opt:
-            del buf[qe:]
-            buf[2:12] = h.edns
-            buf += rest
-            buf += opt
-        else:
-            if len(buf) != qe:  # an additional record that is not an OPT
-                del buf[qe:]
-            buf[2:12] = h.plain
-            buf += rest
-        if not data[2] & 0x01:  # the client did not set RD
-            buf[2] &= 0xFE
-        if data[3] & 0x20 and h.ad:  # the client set AD and the upstream did
-            buf[3] |= 0x20
-        return buf
+        return b"".join((data[:2], h.variants[(4 if opt else 0) | (data[2] & 1)
+                                              | (data[3] >> 4 & 2)],
+                         data[12:qe], rest, opt))
 
     def _popular(self, e: Entry, now: float, ttl: int) -> bool:
         """CoreDNS's prefetch rule: AMOUNT hits with no gap of DURATION, TTL under the mark.
@@ -283,7 +270,7 @@ class Cache(Handler):
             if ttl > 0:  # the entry's template, at this TTL (as the hit path answers)
                 if ttl != e.tpl_ttl:
                     e.set_ttl(ttl)
-                w.send(bytes(assemble(e, req.q, client_opt(req.q))), res.plugin)
+                w.send(assemble(e, req.q, client_opt(req.q)), res.plugin)
             else:
                 w.send(policy.render(e, req.q, ttl), res.plugin)
         elif res.reply is not None:

@@ -145,32 +145,18 @@ def memo_opt(q: Query) -> bytes:
     return opt
 
 
-def assemble(e: Entry, q: Query, opt: bytes) -> bytearray:
+def assemble(e: Entry, q: Query, opt: bytes) -> bytes:
     """The reply to ``q`` from ``e``'s template (its TTLs as they are now) and ``opt``.
 
-    The first answer to a miss is built the way ``Cache.hit`` builds a hit (which inlines
-    this body): the client's datagram up to the end of its question (its ID and letter
-    case), the entry's header bytes and records, the OPT (``b""`` for a client without
-    EDNS), RD/AD patched for this client. ``render`` is the independent reference."""
-    h = e.head
+    The first answer to a miss is built the way ``Cache.hit_wire`` builds a hit (which
+    inlines this body): the client's ID, the entry's header bytes for this client's RD and AD
+    bits (with or without our OPT counted), the client's question as it wrote it, the
+    entry's records, the OPT (``b""`` for a client without EDNS). ``render`` is the
+    independent reference."""
     data = q.data
-    qe = q.q_end
-    buf = bytearray(data)
-    if opt:
-        del buf[qe:]
-        buf[2:12] = h.edns
-        buf += e.rest
-        buf += opt
-    else:
-        if len(buf) != qe:  # an additional record that is not an OPT
-            del buf[qe:]
-        buf[2:12] = h.plain
-        buf += e.rest
-    if not data[2] & 0x01:  # the client did not set RD
-        buf[2] &= 0xFE
-    if data[3] & 0x20 and h.ad:  # the client set AD and the upstream did
-        buf[3] |= 0x20
-    return buf
+    return b"".join((data[:2], e.head.variants[(4 if opt else 0) | (data[2] & 1)
+                                               | (data[3] >> 4 & 2)],
+                     data[12 : q.q_end], e.rest, opt))
 
 
 def client_opt(q: Query) -> bytes:

@@ -7,9 +7,10 @@ authority, additional; without the OPT), their TTL fields already set to ``tpl_t
 builds the reply from the client's own datagram, which already holds the ID and the question
 in the client's letter case:
 
-    bytearray(query up to the end of its question)   ID, flags, counts, question
-    [2:12] = head.plain (or head.edns)                our flags and counts
-    += rest (+= the OPT for an EDNS client)
+    query[:2]                                         the client's ID
+    + head.variants[...]                              our flags and counts (bytes 2-11)
+    + query[12:end of question]                       the question, as the client wrote it
+    + rest (+ the OPT for an EDNS client)
 
 so no copy of the header or the question is kept per entry (the cache key already holds the
 lowercased question). The rest is rewritten when the remaining TTL changes, at most once per
@@ -83,16 +84,23 @@ class Head:
     """What the entries of one header shape share (never mutated once built).
 
     ``plain``/``edns``: header bytes 2-11 as the cache answers a client with RD (without /
-    with our OPT counted in ARCOUNT), as bytearrays so that a slice assignment copies them
-    without a temporary; ``cls``: the entry class; ``ad``: the upstream's AD bit.
+    with our OPT counted in ARCOUNT); ``variants``: the same for every client flag that
+    changes them, indexed ``4 * edns | client AD << 1 | client RD`` (RD echoed; AD set when
+    the client asked with AD and the upstream's answer had it), so a hit picks its header
+    bytes with one index and patches nothing; ``cls``: the entry class; ``ad``: the
+    upstream's AD bit.
     """
 
-    __slots__ = ("ad", "cls", "edns", "plain")
+    __slots__ = ("ad", "cls", "edns", "plain", "variants")
 
     def __init__(self, hdr: bytes, cls: int, ad: bool) -> None:
-        self.plain = bytearray(hdr)
+        self.plain = plain = bytes(hdr)
         ar = ((hdr[8] << 8) | hdr[9]) + 1
-        self.edns = bytearray(hdr[:8] + bytes((ar >> 8 & 0xFF, ar & 0xFF)))
+        self.edns = edns = hdr[:8] + bytes((ar >> 8 & 0xFF, ar & 0xFF))
+        self.variants = tuple(
+            bytes((base[0] if i & 1 else base[0] & 0xFE,
+                   base[1] | 0x20 if i & 2 and ad else base[1])) + base[2:]
+            for base in (plain, edns) for i in range(4))
         self.cls = cls
         self.ad = ad
 
