@@ -57,7 +57,7 @@ def run(data: bytes, qname: str, qtype: str, zone: str = ".") -> bytes | None:
 
 
 SOA = "ns1.test. hostmaster.test. 1 3600 600 86400 60"
-SIG = "{} 13 2 300 20300101000000 20200101000000 1 test. AAAA"
+SIG = "{} 13 2 300 20300101000000 20200101000000 1 test. AAAA"  # type covered, ..., signature
 
 
 # -- what stays: clean replies come back as the very same object ----------------------------
@@ -89,6 +89,11 @@ CLEAN = [
     pytest.param(reply("a.test.", "AAAA", [("a.test.", 60, "AAAA", "2001:db8::1"),
                                            ("a.test.", 60, "RRSIG", SIG.format("AAAA"))]),
                  "a.test.", "AAAA", id="answer-rrsig"),
+    pytest.param(reply("nx.test.", "A", ns=[
+        ("test.", 60, "SOA", SOA), ("test.", 60, "RRSIG", SIG.format("SOA")),
+        ("m.test.", 60, "NSEC", "o.test. A RRSIG NSEC"),
+        ("m.test.", 60, "RRSIG", SIG.format("NSEC"))], rcode=3),
+                 "nx.test.", "A", id="signed-denial-keeps-its-proofs"),
     pytest.param(reply("a.test.", "ANY", [("a.test.", 60, "A", "192.0.2.1"),
                                           ("a.test.", 60, "TXT", '"t"')]),
                  "a.test.", "ANY", id="any-keeps-every-type-at-the-name"),
@@ -162,6 +167,11 @@ DIRTY = [
               ar=[("mail.evil.", 60, "A", "6.6.6.6")]),
         "mx.test.", "MX", [("an", "mx.test.", "MX", "10 mail.evil.")],
         id="answer-target-outside-the-forward-zone"),
+    pytest.param(
+        reply("nx.test.", "A", ns=[("test.", 60, "SOA", SOA),
+                                   ("evil.", 60, "NSEC", "z.evil. A NSEC"),
+                                   ("test.", 60, "RRSIG", SIG.format("A"))], rcode=3),
+        "nx.test.", "A", [("ns", "test.", "SOA", SOA)], id="proofs-outside-the-zone"),
 ]
 
 
