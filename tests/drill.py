@@ -115,11 +115,15 @@ def default_name(i: int) -> str:
 
 
 class Load:
-    """Queries at ``rate``/s to 127.0.0.1:``port`` until :meth:`stop`."""
+    """Queries at ``rate``/s to ``host``:``port`` until :meth:`stop`; ``enter`` runs first in
+    the load's thread (e.g. to enter a network namespace)."""
 
     def __init__(self, port: int, proto: str = "udp", rate: int = 500, timeout: float = 1.0,
-                 name: Callable[[int], str] = default_name, limit: float = 30.0) -> None:
+                 name: Callable[[int], str] = default_name, limit: float = 30.0,
+                 host: str = "127.0.0.1", enter: Callable[[], None] | None = None) -> None:
         self.port = port
+        self.host = host
+        self.enter = enter
         self.proto = proto
         self.rate = rate
         self.timeout = timeout
@@ -148,6 +152,8 @@ class Load:
         return self.result
 
     def _run(self) -> None:
+        if self.enter is not None:
+            self.enter()
         asyncio.run(self._main())
 
     async def _main(self) -> None:
@@ -222,7 +228,7 @@ class Load:
                     got.set_exception(exc)
 
         tr, _ = await loop.create_datagram_endpoint(
-            Proto, remote_addr=("127.0.0.1", self.port))
+            Proto, remote_addr=(self.host, self.port))
         try:
             tr.sendto(wire)
             return await got
@@ -230,7 +236,7 @@ class Load:
             tr.close()
 
     async def _tcp(self, wire: bytes) -> bytes:
-        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        reader, writer = await asyncio.open_connection(self.host, self.port)
         try:
             writer.write(len(wire).to_bytes(2, "big") + wire)
             await writer.drain()
