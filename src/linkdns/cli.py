@@ -175,6 +175,8 @@ async def serve(path: str, dns_port: int, drain: float, worker: Worker | None = 
     if node is not None and worker is None:
         await node.stop()
     await server.stop()
+    if node is not None and server.handed_over:
+        node.handed_over = True  # a successor serves on the node setup: never tear it down
     return server.exit_code
 
 

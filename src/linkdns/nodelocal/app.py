@@ -85,6 +85,9 @@ class NodeLocal:
         self._closed = False
         self._began = False  # the node lock is held: teardown has something to decide
         self._served = False  # start() succeeded: the last one out removes everything
+        #: this instance handed its sockets to a successor (set by the server): no teardown,
+        #: even where the node lock could not tell (no usable lock file)
+        self.handed_over = False
         self._added: list[tuple[IPTables | EBTables, Rule]] = []  # rules this process inserted
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -310,6 +313,9 @@ class NodeLocal:
                 return
             if not self.lock.last_out():
                 log.info("Leaving interface and rules in place: another instance is serving")
+                return
+            if self.handed_over:
+                log.info("Leaving interface and rules in place: handed over to a successor")
                 return
             if self._served:
                 log.info("Tearing down")
