@@ -11,7 +11,9 @@ Variants (add one: a function that replaces ``ctx.old`` and returns the new Daem
 entry in VARIANTS; ``cache`` is the text put in the Corefile's cache block):
 
 * ``stop-start``: SIGTERM, wait for the exit, start again (what a plain restart does);
-* ``handover``: start a second instance (it takes the sockets over), then SIGTERM the first.
+* ``handover``: start a second instance (it takes the sockets over), then SIGTERM the first;
+* ``stop-start+snapshot``, ``handover+snapshot``: the same with ``cache { snapshot FILE }`` (the
+  new instance loads the old one's entries: written at its stop, or by its hand-over hook).
 
     python bench/restart.py                    # all variants, prints a table
     python bench/restart.py --json out.json handover
@@ -85,9 +87,15 @@ def handover(ctx: Ctx) -> Daemon:
     return new
 
 
+def snapshot(tmp: Path) -> str:
+    return f"    snapshot {tmp}/cache.snap\n"
+
+
 VARIANTS: dict[str, Variant] = {
     "stop-start": Variant("stop-start", stop_start),
+    "stop-start+snapshot": Variant("stop-start+snapshot", stop_start, snapshot),
     "handover": Variant("handover", handover),
+    "handover+snapshot": Variant("handover+snapshot", handover, snapshot),
 }
 
 
