@@ -166,8 +166,9 @@ def test_sigkilled_instance_leaves_rules_the_next_start_adopts(
 
 def test_overlapping_instances_with_workers_last_one_out_tears_down(
         ns: str, upstream: FakeUpstream, tmp_path: Path) -> None:
-    """Two instances of ``-workers 2`` (SO_REUSEPORT) on the same local IPs at once: one node
-    setup; the first stopped leaves it to the other; the last one removes it."""
+    """Two instances of ``-workers 2`` on the same local IPs at once (the second takes the
+    first's sockets over worker by worker): one node setup, by each parent once its workers
+    listen; the first stopped leaves it to the other; the last one removes it."""
     args = ["-localip", TWO, "-workers", "2", *config(tmp_path, upstream)]
     want = sorted(expected_rules(LOCAL) + expected_rules(KUBE_DNS))
     old = Daemon(ns, *args, env=ENV)
