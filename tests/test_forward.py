@@ -351,9 +351,9 @@ def _forward(opts: str = "") -> Forward:
 
     block = f" {{\n{opts}\n}}" if opts else ""
     d = parse_corefile(f". {{\nforward . 127.0.0.1{block}\n}}\n")[0].directives[0]
-    site = SimpleNamespace(shared={}, registry=CollectorRegistry(),
-                           server=SimpleNamespace(clock=Clock()))
-    return Forward(parse(d), site)  # type: ignore[arg-type]
+    env = SimpleNamespace(registry=CollectorRegistry(), clock=Clock(),
+                          keep=lambda key, make: make())
+    return Forward(parse(d), env)  # type: ignore[arg-type]
 
 
 def _scan(data: bytes) -> Any:

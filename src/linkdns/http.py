@@ -1,7 +1,7 @@
 """A tiny asyncio HTTP/1.1 server for the GET endpoints: /metrics, /health, /ready.
 
-One :class:`HTTPServer` per distinct (host, port) across every server block: plugins look it
-up with :func:`shared` (kept in ``site.shared``), add their path with :meth:`HTTPServer.route`
+One :class:`HTTPServer` per distinct (host, port) across every server block: plugins get it
+from their environment (``env.http(host, port)``, kept by the server), add their path with :meth:`HTTPServer.route`
 and hold it with :meth:`~HTTPServer.acquire` / :meth:`~HTTPServer.release` from their
 start/stop hooks; the first acquire binds, the last release closes.
 
@@ -19,13 +19,6 @@ import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import TYPE_CHECKING
-
-from linkdns.plugin import SetupPlugin, arg_count_error, err
-
-if TYPE_CHECKING:
-    from linkdns.corefile import Directive
-    from linkdns.server.site import Site
 
 log = logging.getLogger("linkdns.http")
 
@@ -280,45 +273,3 @@ def split_addr(text: str) -> tuple[str, int]:
     if not p.isdigit() or int(p) > 65535:
         raise ValueError(f"address {text}: invalid port")
     return host, int(p)
-
-
-def shared(site: Site, host: str, port: int) -> HTTPServer:
-    """The one HTTPServer for (host, port) across every block of this server."""
-    servers: dict[tuple[str, int], HTTPServer] = site.shared.setdefault("http", {})
-    srv = servers.get((host, port))
-    if srv is None:
-        srv = servers[(host, port)] = HTTPServer(host, port, site.server.reuse_port,
-                                                 site.server.take_inherited)
-    return srv
-
-
-def parse_addr(d: Directive, default: str) -> tuple[str, int]:
-    """The optional single ``ADDR`` argument of prometheus, health and ready."""
-    if len(d.args) > 1:
-        raise arg_count_error(d)
-    try:
-        return split_addr(d.args[0] if d.args else default)
-    except ValueError as e:
-        raise err(d, str(e)) from None
-
-
-class HTTPPlugin(SetupPlugin):
-    """A setup plugin serving paths on a shared :class:`HTTPServer`: holds it while running."""
-
-    def __init__(self, srv: HTTPServer) -> None:
-        self.http = srv
-        self.held = False
-
-    @property
-    def port(self) -> int:
-        """The bound port (useful with ``127.0.0.1:0`` in tests)."""
-        return self.http.port
-
-    async def start(self) -> None:
-        await self.http.acquire()
-        self.held = True
-
-    async def stop(self) -> None:
-        if self.held:
-            self.held = False
-            await self.http.release()

@@ -5,25 +5,33 @@ REFUSED, FORMERR or NOTIMP nothing was written and the server writes the error r
 other rcode means the plugin already wrote the reply through ``w``.
 
 Each plugin registers a :class:`PluginSpec`: a pure ``parse(directive) -> config`` (testable
-without a server, raising ConfigError with file:line) and a ``build(config, site)`` that makes
-the runtime object. Setup-only plugins (bind, health, ready, reload, prometheus) return an
+without a server, raising ConfigError with file:line) and a ``build(config, env)`` that makes
+the runtime object. ``env`` is an :class:`Env`: the narrow view of the server a plugin gets
+(CoreDNS's setup controller), implemented by the server block's Site; no plugin imports
+``linkdns.server``. Setup-only plugins (bind, health, ready, reload, prometheus) return an
 object that is not a handler: it only hooks start-up and shut-down.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import asyncio
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
-from linkdns import wire
+from linkdns import http, wire
 from linkdns.errors import ConfigError
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from linkdns.clock import Clock
     from linkdns.corefile import Directive
     from linkdns.request import Request
-    from linkdns.server.site import Site
+    from linkdns.workers import Worker
     from linkdns.writer import Writer
+
+C = TypeVar("C")
 
 # CoreDNS plugin.cfg order (the subset linkdns knows); earlier = runs first.
 ORDER: tuple[str, ...] = (
@@ -120,11 +128,98 @@ class SetupPlugin:
 Built = Handler | SetupPlugin | None
 
 
+class Env(Protocol):
+    """What a plugin sees of the server it runs in, given to ``PluginSpec.build``.
+
+    The server block's Site implements it (server/site.py). Everything a plugin needs from
+    outside itself comes through here, so no plugin imports ``linkdns.server`` and a test can
+    hand a plugin a small fake instead of a server.
+    """
+
+    #: the server block's zones (lowercase FQDNs) and port
+    zones: list[str]
+    port: int
+    #: the addresses the block listens on (the bind plugin sets them; empty = all)
+    addrs: list[str]
+
+    @property
+    def clock(self) -> Clock:
+        """The clock plugins age entries by (tests advance it)."""
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        """The server's Prometheus registry."""
+
+    @property
+    def worker(self) -> Worker | None:
+        """This worker in ``-workers N`` mode, else None."""
+
+    @property
+    def started(self) -> asyncio.Event:
+        """Set once the listeners serve."""
+
+    @property
+    def stopping(self) -> bool:
+        """True from the start of a graceful stop."""
+
+    @property
+    def handed_over(self) -> bool:
+        """True once a successor serves on this instance's sockets."""
+
+    @property
+    def handover_hooks(self) -> list[Callable[[], None]]:
+        """Run right before this instance hands its sockets to a successor."""
+
+    @property
+    def source(self) -> str | None:
+        """The Corefile the server was loaded from (None: given as text)."""
+
+    def label(self) -> str:
+        """The ``server`` metric label of this block (``dns://HOST:PORT``, its listener's)."""
+
+    def collector(self, key: str, make: Callable[[], C]) -> C:
+        """The object kept under ``key`` for the whole server (kept across a reload), made by
+        ``make()`` and registered in the registry on first use."""
+
+    def find(self, key: str) -> Any:
+        """What :meth:`collector` or :meth:`keep` holds under ``key``, None if nothing."""
+
+    def keep(self, key: str, make: Callable[[], C]) -> C:
+        """Like :meth:`collector`, but not registered (state shared between blocks)."""
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run finite work owned by the server (drained at stop and reload, then cancelled)."""
+
+    def background(self, key: str, make: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+        """Run ``make()`` once per server for its life under ``key`` (cancelled at stop)."""
+
+    def fail(self, msg: str) -> None:
+        """A fatal condition: log it, stop the process with exit code 1."""
+
+    def http(self, host: str, port: int) -> http.HTTPServer:
+        """The one HTTP listener on (host, port) shared by every block."""
+
+    def bound_port(self, host: str = "") -> int:
+        """The port the DNS listener on ``host`` is bound to (port 0 in tests)."""
+
+    def plugins(self) -> list[Handler | SetupPlugin]:
+        """Every plugin of every block the server runs now."""
+
+    def uses(self, name: str) -> bool:
+        """True when a block the server runs now has the directive ``name``."""
+
+    def expose_server_metrics(self) -> None:
+        """Register the server's own coredns_dns_* collector (once)."""
+
+    async def reload(self) -> None:
+        """Read the Corefile again and swap the new blocks in (ConfigError if it is bad)."""
+
+
 @dataclass(frozen=True)
 class PluginSpec:
     name: str
     parse: Callable[[Directive], Any]
-    build: Callable[[Any, Site], Built]
+    build: Callable[[Any, Env], Built]
     #: False when the directive may appear several times in one block (forward).
     once: bool = True
     #: Several directives of the same plugin in one block are merged by ``parse_all``.
@@ -173,3 +268,35 @@ def no_block(d: Directive) -> None:
     if d.block:
         raise err(d, f"'{d.name}' takes no block")
 
+
+
+def parse_addr(d: Directive, default: str) -> tuple[str, int]:
+    """The optional single ``ADDR`` argument of prometheus, health and ready."""
+    if len(d.args) > 1:
+        raise arg_count_error(d)
+    try:
+        return http.split_addr(d.args[0] if d.args else default)
+    except ValueError as e:
+        raise err(d, str(e)) from None
+
+
+class HTTPPlugin(SetupPlugin):
+    """A setup plugin serving paths on a shared HTTP listener: holds it while running."""
+
+    def __init__(self, srv: http.HTTPServer) -> None:
+        self.http = srv
+        self.held = False
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with ``127.0.0.1:0`` in tests)."""
+        return self.http.port
+
+    async def start(self) -> None:
+        await self.http.acquire()
+        self.held = True
+
+    async def stop(self) -> None:
+        if self.held:
+            self.held = False
+            await self.http.release()

@@ -12,7 +12,7 @@ The source is the query's peer address (IPv4-mapped IPv6 peers count as IPv4, as
 iptree sees them). acl is not ``hit_transparent``: a block with acl answers cache hits
 through the slow path, so the rules always run before the cache answers.
 
-Counters are plain integers in one collector per registry (``site.shared``), read at scrape
+Counters are plain integers in one collector per registry (``env.collector``), read at scrape
 time: ``coredns_acl_{blocked,filtered,dropped}_requests_total{server,zone,view}`` and
 ``coredns_acl_allowed_requests_total{server,view}`` (``view`` is always empty).
 """
@@ -38,7 +38,7 @@ from linkdns.request import Request
 from linkdns.writer import Writer
 
 if TYPE_CHECKING:
-    from linkdns.server.site import Site
+    from linkdns.plugin import Env
 
 log = logging.getLogger("linkdns.plugin.acl")
 
@@ -229,9 +229,9 @@ class AclCounts(Collector):
         return iter(fams)
 
 
-def counts_for(site: Site) -> AclCounts:
-    """The counters of this site's registry (created and registered on first use)."""
-    return site.collector(SHARED_KEY, AclCounts)
+def counts_for(env: Env) -> AclCounts:
+    """The counters of this server's registry (created and registered on first use)."""
+    return env.collector(SHARED_KEY, AclCounts)
 
 
 # -- serving ---------------------------------------------------------------------------------
@@ -320,10 +320,10 @@ class Acl(Handler):
         return wire.NOERROR
 
 
-def build(rules: list[Rule], site: Site) -> Acl:
-    compiled = [(tuple(r.zones if r.zones is not None else site.zones), tuple(r.policies))
+def build(rules: list[Rule], env: Env) -> Acl:
+    compiled = [(tuple(r.zones if r.zones is not None else env.zones), tuple(r.policies))
                 for r in rules]
-    return Acl(compiled, counts_for(site))
+    return Acl(compiled, counts_for(env))
 
 
 register(PluginSpec("acl", parse, build, once=False, parse_all=parse_all))

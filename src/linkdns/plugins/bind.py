@@ -10,8 +10,7 @@ from dataclasses import dataclass, field
 
 from linkdns.corefile import Directive
 from linkdns.errors import ConfigError
-from linkdns.plugin import PluginSpec, SetupPlugin, arg_count_error, err, register
-from linkdns.server.site import Site
+from linkdns.plugin import Env, PluginSpec, SetupPlugin, arg_count_error, err, register
 
 
 @dataclass
@@ -83,8 +82,8 @@ class Bind(SetupPlugin):
     name = "bind"
 
 
-def build(cfg: BindConfig, site: Site) -> Bind:
-    site.addrs = list(cfg.addrs)
+def build(cfg: BindConfig, env: Env) -> Bind:
+    env.addrs = list(cfg.addrs)
     return Bind()
 
 

@@ -65,4 +65,4 @@ class Bufsize(Handler):
         return await self.next_serve(req, w)
 
 
-register(PluginSpec("bufsize", parse, lambda size, site: Bufsize(size)))
+register(PluginSpec("bufsize", parse, lambda size, env: Bufsize(size)))

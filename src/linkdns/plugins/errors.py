@@ -112,4 +112,4 @@ def _fmt(secs: float) -> str:
     return f"{s // 60}m{s % 60}s"
 
 
-register(PluginSpec("errors", parse, lambda cfg, site: Errors(cfg)))
+register(PluginSpec("errors", parse, lambda cfg, env: Errors(cfg)))

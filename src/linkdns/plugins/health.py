@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from linkdns import http, metrics, values
 from linkdns.corefile import Directive
 from linkdns.errors import ConfigError
-from linkdns.plugin import PluginSpec, register
-from linkdns.server.site import Site
+from linkdns.plugin import Env, HTTPPlugin, PluginSpec, parse_addr, register
 
 log = logging.getLogger("linkdns.plugin.health")
 
@@ -38,7 +37,7 @@ class HealthConfig:
 
 
 def parse(d: Directive) -> HealthConfig:
-    host, port = http.parse_addr(d, DEFAULT_ADDR)
+    host, port = parse_addr(d, DEFAULT_ADDR)
     lameduck = 0.0
     for sub in d.block or []:
         if sub.name != "lameduck":
@@ -84,7 +83,7 @@ def local_host(host: str) -> str:
     return host
 
 
-class Health(http.HTTPPlugin):
+class Health(HTTPPlugin):
     name = "health"
 
     def __init__(self, srv: http.HTTPServer, lameduck: float, stats: metrics.HealthStats) -> None:
@@ -152,9 +151,9 @@ def _fmt(secs: float) -> str:
     return f"{secs:g}s"
 
 
-def build(cfg: HealthConfig, site: Site) -> Health:
-    srv = http.shared(site, cfg.host, cfg.port)
-    h = Health(srv, cfg.lameduck, metrics.register_health(site))
+def build(cfg: HealthConfig, env: Env) -> Health:
+    srv = env.http(cfg.host, cfg.port)
+    h = Health(srv, cfg.lameduck, metrics.register_health(env))
     srv.route(PATH, h.handle)
     return h
 

@@ -78,4 +78,4 @@ class LoadBalance(Handler):
         shuffle(reply)
 
 
-register(PluginSpec("loadbalance", parse, lambda cfg, site: LoadBalance()))
+register(PluginSpec("loadbalance", parse, lambda cfg, env: LoadBalance()))

@@ -127,4 +127,4 @@ class Log(Handler):
         return _PLACEHOLDER.sub(lambda m: vals.get(m.group(0), "-"), self.cfg.fmt)
 
 
-register(PluginSpec("log", parse, lambda cfg, site: Log(cfg)))
+register(PluginSpec("log", parse, lambda cfg, env: Log(cfg)))

@@ -25,7 +25,7 @@ from linkdns.request import Request
 from linkdns.writer import Writer
 
 if TYPE_CHECKING:
-    from linkdns.server.site import Site
+    from linkdns.plugin import Env
 
 log = logging.getLogger("linkdns.plugin.loop")
 
@@ -43,10 +43,10 @@ def parse(d: Directive) -> None:
 class Loop(Handler):
     name = "loop"
 
-    def __init__(self, site: Site) -> None:
+    def __init__(self, env: Env) -> None:
         super().__init__()
-        self.site = site
-        self.zone = site.zones[0]
+        self.env = env
+        self.zone = env.zones[0]
         labels = f"{random.getrandbits(63)}.{random.getrandbits(63)}"
         self.qname = labels + ("." if self.zone == "." else "." + self.zone)
         self.qname_wire = wire.text_to_name(self.qname)
@@ -59,7 +59,7 @@ class Loop(Handler):
             self.seen += 1
             if self.seen > SEEN_MAX:
                 self.disabled = True
-                self.site.server.fail(
+                self.env.fail(
                     f"plugin/loop: Loop ({req.peer[0]}:{req.peer[1]} -> {req.server}) detected "
                     f'for zone "{self.zone}", see https://coredns.io/plugins/loop#troubleshooting.'
                     f' Query: "HINFO {self.qname}"')
@@ -76,10 +76,10 @@ class Loop(Handler):
                 await self._task
 
     async def _probe(self) -> None:
-        server = self.site.server
-        await server.started.wait()
-        host = self.site.addrs[0] if self.site.addrs else "127.0.0.1"
-        port = server.port(self.site.addrs[0] if self.site.addrs else "")
+        env = self.env
+        await env.started.wait()
+        host = env.addrs[0] if env.addrs else "127.0.0.1"
+        port = env.bound_port(env.addrs[0] if env.addrs else "")
         loop = asyncio.get_running_loop()
         fam = socket.AF_INET6 if ":" in host else socket.AF_INET
         deadline = loop.time() + PROBE_FOR
@@ -101,4 +101,4 @@ class Loop(Handler):
             self.disabled = True
 
 
-register(PluginSpec("loop", parse, lambda cfg, site: Loop(site)))
+register(PluginSpec("loop", parse, lambda cfg, env: Loop(env)))

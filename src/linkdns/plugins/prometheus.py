@@ -2,7 +2,7 @@
 
 Setup-only: it starts an HTTP listener and stays out of the query chain. The server counts in
 plain integers whatever the Corefile says; this directive exposes them (see linkdns.metrics)
-together with everything plugins registered in ``site.registry``. Several blocks naming the
+together with everything plugins registered in ``env.registry``. Several blocks naming the
 same address share one listener.
 """
 
@@ -14,10 +14,9 @@ from dataclasses import dataclass
 import prometheus_client
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
-from linkdns import http, metrics, workers
+from linkdns import http, workers
 from linkdns.corefile import Directive
-from linkdns.plugin import PluginSpec, err, register
-from linkdns.server.site import Site
+from linkdns.plugin import Env, HTTPPlugin, PluginSpec, err, parse_addr, register
 
 DEFAULT_ADDR = "localhost:9153"
 PATH = "/metrics"
@@ -30,7 +29,7 @@ class PrometheusConfig:
 
 
 def parse(d: Directive) -> PrometheusConfig:
-    host, port = http.parse_addr(d, DEFAULT_ADDR)
+    host, port = parse_addr(d, DEFAULT_ADDR)
     for sub in d.block or []:
         if sub.name == "tls":
             raise err(d, "the 'tls' option is not supported; terminate TLS in front of linkdns")
@@ -38,14 +37,14 @@ def parse(d: Directive) -> PrometheusConfig:
     return PrometheusConfig(host, port)
 
 
-def metrics_handler(site: Site) -> http.Handler:
-    registry = site.registry
-    server = site.server
+def metrics_handler(env: Env) -> http.Handler:
+    registry = env.registry
 
     async def handle(req: http.Request) -> http.Response:
         body = generate_latest(registry)
-        if server.worker is not None:  # -workers N: the sum over every worker
-            body = await workers.gather(server.worker, body)
+        worker = env.worker
+        if worker is not None:  # -workers N: the sum over every worker
+            body = await workers.gather(worker, body)
         if "gzip" in req.headers.get("accept-encoding", ""):
             return http.Response(200, gzip.compress(body, 6), CONTENT_TYPE_PLAIN_0_0_4,
                                  (("Content-Encoding", "gzip"),))
@@ -54,17 +53,17 @@ def metrics_handler(site: Site) -> http.Handler:
     return handle
 
 
-class Prometheus(http.HTTPPlugin):
+class Prometheus(HTTPPlugin):
     name = "prometheus"
 
 
-def build(cfg: PrometheusConfig, site: Site) -> Prometheus:
+def build(cfg: PrometheusConfig, env: Env) -> Prometheus:
     # CoreDNS's Go client has no *_created series; keep the exposition the same for the
     # prometheus-client metrics plugins register (a process-wide switch of the library).
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
-    metrics.register_server(site)
-    srv = http.shared(site, cfg.host, cfg.port)
-    srv.route(PATH, metrics_handler(site))
+    env.expose_server_metrics()
+    srv = env.http(cfg.host, cfg.port)
+    srv.route(PATH, metrics_handler(env))
     return Prometheus(srv)
 
 

@@ -15,9 +15,7 @@ from dataclasses import dataclass
 from linkdns import http
 from linkdns.corefile import Directive
 from linkdns.errors import ConfigError
-from linkdns.plugin import Handler, PluginSpec, SetupPlugin, register
-from linkdns.server.core import Server
-from linkdns.server.site import Site
+from linkdns.plugin import Env, HTTPPlugin, PluginSpec, parse_addr, register
 
 log = logging.getLogger("linkdns.plugin.ready")
 
@@ -34,7 +32,7 @@ class ReadyConfig:
 
 
 def parse(d: Directive) -> ReadyConfig:
-    host, port = http.parse_addr(d, DEFAULT_ADDR)
+    host, port = parse_addr(d, DEFAULT_ADDR)
     continuously = False
     for sub in d.block or []:
         if sub.name != "monitor":
@@ -49,12 +47,12 @@ def parse(d: Directive) -> ReadyConfig:
     return ReadyConfig(host, port, continuously)
 
 
-class Ready(http.HTTPPlugin):
+class Ready(HTTPPlugin):
     name = "ready"
 
-    def __init__(self, srv: http.HTTPServer, server: Server, continuously: bool) -> None:
+    def __init__(self, srv: http.HTTPServer, env: Env, continuously: bool) -> None:
         super().__init__(srv)
-        self.server = server
+        self.env = env
         self.continuously = continuously
         #: plugins seen ready once (not asked again in until-ready mode), by id
         self.confirmed: dict[int, object] = {}
@@ -63,22 +61,20 @@ class Ready(http.HTTPPlugin):
     def not_ready(self) -> list[str]:
         """Sorted names of plugins not ready (``server`` while listeners are not bound)."""
         names: set[str] = set()
-        if not self.server.started.is_set():
+        if not self.env.started.is_set():
             names.add("server")
-        for site in self.server.sites:
-            plugins: list[Handler | SetupPlugin] = [*site.setups, *site.handlers]
-            for p in plugins:
-                if self.confirmed.get(id(p)) is p:
-                    continue
-                if p.ready():
-                    if not self.continuously:
-                        self.confirmed[id(p)] = p
-                else:
-                    names.add(p.name)
+        for p in self.env.plugins():
+            if self.confirmed.get(id(p)) is p:
+                continue
+            if p.ready():
+                if not self.continuously:
+                    self.confirmed[id(p)] = p
+            else:
+                names.add(p.name)
         return sorted(names)
 
     def handle(self, req: http.Request) -> http.Response:
-        if self.server.stopping:
+        if self.env.stopping:
             return http.text(503, "Shutting down")
         names = self.not_ready()
         if names != self.last and names:
@@ -88,9 +84,9 @@ class Ready(http.HTTPPlugin):
             return http.text(200, "OK")
         return http.text(503, ",".join(names))
 
-def build(cfg: ReadyConfig, site: Site) -> Ready:
-    srv = http.shared(site, cfg.host, cfg.port)
-    r = Ready(srv, site.server, cfg.continuously)
+def build(cfg: ReadyConfig, env: Env) -> Ready:
+    srv = env.http(cfg.host, cfg.port)
+    r = Ready(srv, env, cfg.continuously)
     srv.route(PATH, r.handle)
     return r
 

@@ -18,14 +18,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from linkdns import values
-from linkdns.config import build_sites
-from linkdns.corefile import Directive, load_corefile
+from linkdns.corefile import Directive
 from linkdns.errors import ConfigError
 from linkdns.plugin import PluginSpec, SetupPlugin, arg_count_error, err, register
 
 if TYPE_CHECKING:
-    from linkdns.server.core import Server
-    from linkdns.server.site import Site
+    from linkdns.plugin import Env
 
 log = logging.getLogger("linkdns.plugin.reload")
 
@@ -60,25 +58,25 @@ def digest(path: str) -> str:
         return hashlib.sha512(f.read()).hexdigest()
 
 
-async def watch(server: Server, cfg: ReloadConfig) -> None:
+async def watch(env: Env, cfg: ReloadConfig) -> None:
     """Compare the Corefile's hash every interval; reload on a change."""
-    assert server.source is not None
-    running = digest(server.source)
+    source = env.source
+    assert source is not None
+    running = digest(source)
     log.info("Running configuration SHA512 = %s", running)
     while True:
         await asyncio.sleep(cfg.interval + random.uniform(-cfg.jitter, cfg.jitter))
         try:
-            now = digest(server.source)
+            now = digest(source)
         except OSError as e:
-            log.error("Restart failed: %s: %s", server.source, e.strerror)
+            log.error("Restart failed: %s: %s", source, e.strerror)
             continue
         if now == running:
             continue
         running = now  # a broken file is reported once, not every interval
         log.info("Reloading")
         try:
-            cfgs = build_sites(load_corefile(server.source), server.dns_port)
-            await server.reload(cfgs)
+            await env.reload()
         except ConfigError as e:
             for one in e.all:
                 log.error("Restart failed: %s", one)
@@ -87,26 +85,23 @@ async def watch(server: Server, cfg: ReloadConfig) -> None:
             log.error("Restart failed: %s", e)
             continue
         log.info("Running configuration SHA512 = %s", running)
-        if not any("reload" in s.cfg.plugins for s in server.sites):
+        if not env.uses("reload"):
             return
 
 
 class Reload(SetupPlugin):
     name = "reload"
 
-    def __init__(self, cfg: ReloadConfig, site: Site) -> None:
+    def __init__(self, cfg: ReloadConfig, env: Env) -> None:
         self.cfg = cfg
-        self.server = site.server
+        self.env = env
 
     async def start(self) -> None:
-        server = self.server
-        if server.source is None:
+        env = self.env
+        if env.source is None:
             log.warning("no Corefile file to watch (configuration given as text)")
             return
-        t = server.background.get(TASK)
-        if t is None or t.done():
-            server.background[TASK] = asyncio.get_running_loop().create_task(
-                watch(server, self.cfg))
+        env.background(TASK, lambda: watch(env, self.cfg))
 
 
-register(PluginSpec("reload", parse, lambda cfg, site: Reload(cfg, site)))
+register(PluginSpec("reload", parse, lambda cfg, env: Reload(cfg, env)))

@@ -1,18 +1,29 @@
-"""Site: the runtime of one server block (its zones, plugin chain, hit hook and counters)."""
+"""Site: the runtime of one server block (its zones, plugin chain, hit hook and counters).
+
+A Site is also the plugins' environment (:class:`linkdns.plugin.Env`): the only way a plugin
+reaches the server it runs in.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
-from linkdns import plugin
-from linkdns.config import SiteConfig
+from linkdns import http, plugin
+from linkdns.config import SiteConfig, build_sites
+from linkdns.corefile import load_corefile
 from linkdns.plugin import Handler, SetupPlugin
+from linkdns.server.metrics import register_server
 from linkdns.wire import Query
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from linkdns.clock import Clock
     from linkdns.server.core import Server
+    from linkdns.workers import Worker
 
 log = logging.getLogger("linkdns.server")
 
@@ -56,9 +67,49 @@ class Site:
         """State shared between sites of one server (e.g. one HTTP listener per address)."""
         return self.server.shared
 
+    # -- the plugins' environment (linkdns.plugin.Env) ----------------------------------------
+
     @property
-    def registry(self) -> Any:
+    def registry(self) -> CollectorRegistry:
         return self.server.registry
+
+    @property
+    def clock(self) -> Clock:
+        return self.server.clock
+
+    @property
+    def worker(self) -> Worker | None:
+        return self.server.worker
+
+    @property
+    def started(self) -> asyncio.Event:
+        return self.server.started
+
+    @property
+    def stopping(self) -> bool:
+        return self.server.stopping
+
+    @property
+    def handed_over(self) -> bool:
+        return self.server.handed_over
+
+    @property
+    def handover_hooks(self) -> list[Callable[[], None]]:
+        return self.server.handover_hooks
+
+    @property
+    def source(self) -> str | None:
+        return self.server.source
+
+    def label(self) -> str:
+        """The ``server`` label: the first listener that routes to this site (``dns://:53``)."""
+        names = sorted(
+            ln.name for ln in self.server.listeners.values()
+            if any(r.site is self for r in ln.routes.values())
+        )
+        if names:
+            return names[0]
+        return server_label(self.addrs[0] if self.addrs else "", self.port)
 
     def collector(self, key: str, make: Callable[[], C]) -> C:
         """The scrape-time collector stored under ``key``: made by ``make()`` and registered
@@ -67,8 +118,55 @@ class Site:
         c = self.shared.get(key)
         if c is None:
             c = self.shared[key] = make()
-            self.registry.register(c)
+            registry: Any = self.registry
+            registry.register(c)
         return c
+
+    def find(self, key: str) -> Any:
+        return self.shared.get(key)
+
+    def keep(self, key: str, make: Callable[[], C]) -> C:
+        c = self.shared.get(key)
+        if c is None:
+            c = self.shared[key] = make()
+        return c
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        return self.server.spawn(coro)
+
+    def background(self, key: str, make: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+        tasks = self.server.background
+        t = tasks.get(key)
+        if t is None or t.done():
+            tasks[key] = asyncio.get_running_loop().create_task(make())
+
+    def fail(self, msg: str) -> None:
+        self.server.fail(msg)
+
+    def http(self, host: str, port: int) -> http.HTTPServer:
+        servers: dict[tuple[str, int], http.HTTPServer] = self.shared.setdefault("http", {})
+        srv = servers.get((host, port))
+        if srv is None:
+            srv = servers[(host, port)] = http.HTTPServer(
+                host, port, self.server.reuse_port, self.server.take_inherited)
+        return srv
+
+    def bound_port(self, host: str = "") -> int:
+        return self.server.port(host)
+
+    def plugins(self) -> list[Handler | SetupPlugin]:
+        return [p for s in self.server.sites for p in s._plugins()]
+
+    def uses(self, name: str) -> bool:
+        return any(name in s.cfg.plugins for s in self.server.sites)
+
+    def expose_server_metrics(self) -> None:
+        register_server(self.server)
+
+    async def reload(self) -> None:
+        server = self.server
+        assert server.source is not None
+        await server.reload(build_sites(load_corefile(server.source), server.dns_port))
 
     @property
     def plugin_names(self) -> list[str]:
@@ -116,3 +214,9 @@ class Site:
 
     def _plugins(self) -> list[Handler | SetupPlugin]:
         return [*self.setups, *self.handlers]
+
+
+def server_label(host: str, port: int) -> str:
+    """``dns://HOST:PORT``, the ``server`` label of metrics and logs (IPv6 in brackets)."""
+    host = f"[{host}]" if ":" in host else host
+    return f"dns://{host}:{port}"

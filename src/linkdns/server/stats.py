@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from bisect import bisect_left
 
+from linkdns.metrics import Hist
+
 # plugin.TimeBuckets in CoreDNS: prometheus.ExponentialBuckets(0.00025, 2, 16)
 TIME_BUCKETS: tuple[float, ...] = tuple(0.00025 * 2**i for i in range(16))
 # CoreDNS plugin/metrics/vars: request/response size buckets
@@ -39,30 +41,6 @@ MONITORED_TYPES: dict[int, str] = {
 
 def type_label(qtype: int) -> str:
     return MONITORED_TYPES.get(qtype, "other")
-
-
-class Hist:
-    """Bucket counts (non-cumulative; the last slot is +Inf), sum and count."""
-
-    __slots__ = ("bounds", "counts", "sum")
-
-    def __init__(self, bounds: tuple[float, ...]) -> None:
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)
-        self.sum = 0.0
-
-    def observe(self, v: float) -> None:
-        self.counts[bisect_left(self.bounds, v)] += 1
-        self.sum += v
-
-    @property
-    def count(self) -> int:
-        return sum(self.counts)
-
-    def merge(self, other: Hist) -> None:
-        for i, c in enumerate(other.counts):
-            self.counts[i] += c
-        self.sum += other.sum
 
 
 #: a cache hit as the hit path notes it: (qtype high byte, qtype low byte, TCP, IPv6, the

@@ -14,13 +14,13 @@ from linkdns.plugins.cache.handler import Cache
 from linkdns.plugins.cache.setup import CacheConfig, check_sites, parse
 
 if TYPE_CHECKING:
-    from linkdns.server.site import Site
+    from linkdns.plugin import Env
 
 __all__ = ["Cache", "CacheConfig", "parse"]
 
 
-def build(cfg: CacheConfig, site: Site) -> Cache:
-    return Cache(cfg, site)
+def build(cfg: CacheConfig, env: Env) -> Cache:
+    return Cache(cfg, env)
 
 
 register(PluginSpec("cache", parse, build, check_sites=check_sites))

@@ -32,7 +32,7 @@ from linkdns.wire import Query
 from linkdns.writer import Recorder, Writer
 
 if TYPE_CHECKING:
-    from linkdns.server.site import Site
+    from linkdns.plugin import Env
 
 log = logging.getLogger("linkdns.plugin.cache")
 
@@ -78,20 +78,20 @@ def _within(q: Query, zones: frozenset[bytes]) -> bool:
 class Cache(Handler):
     name = "cache"
 
-    def __init__(self, cfg: CacheConfig, site: Site | None = None,
+    def __init__(self, cfg: CacheConfig, env: Env | None = None,
                  zones: list[str] | None = None, clock: Clock | None = None) -> None:
         """``zones``/``clock`` default to the site's (unit tests pass them without a site)."""
         super().__init__()
         self.cfg = cfg
-        self.site = site
-        self.zones = cfg.zones or zones or (site.zones if site is not None else ["."])
+        self.env = env
+        self.zones = cfg.zones or zones or (env.zones if env is not None else ["."])
         self._zone_set = _zone_set(self.zones)
-        site_zones = site.zones if site is not None else self.zones
+        site_zones = env.zones if env is not None else self.zones
         #: True when every name routed to this site is in the cache's zones (no check needed)
         self._all = all(_within_text(z, self._zone_set) for z in site_zones)
         self.store = Store(cfg.success.cap, cfg.denial.cap)
         self._index = self.store.index
-        self._clock = clock or (site.server.clock if site is not None else None)
+        self._clock = clock or (env.clock if env is not None else None)
         #: the stock Clock is read inline on the hit path (monotonic + offset, no call frame)
         self._stock_clock = type(self._clock) is Clock
         self._keepttl = cfg.keepttl
@@ -397,8 +397,8 @@ class Cache(Handler):
             e.refreshing = False
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
-        if self.site is not None:
-            t = self.site.server.spawn(coro)
+        if self.env is not None:
+            t = self.env.spawn(coro)
         else:
             t = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(t)
@@ -410,10 +410,10 @@ class Cache(Handler):
     async def start(self) -> None:
         if self.snapshot is not None:
             self.snapshot.start()  # entries loaded before the listeners open
-        if self.site is not None:
+        if self.env is not None:
             from linkdns.plugins.cache import metrics
 
-            metrics.attach(self.site, self)
+            metrics.attach(self.env, self)
 
     async def stop(self) -> None:
         tasks = list(self._tasks)
@@ -423,10 +423,10 @@ class Cache(Handler):
             await asyncio.gather(*tasks, return_exceptions=True)
         if self.snapshot is not None:
             self.snapshot.stop()
-        if self.site is not None:
+        if self.env is not None:
             from linkdns.plugins.cache import metrics
 
-            metrics.detach(self.site, self)
+            metrics.detach(self.env, self)
 
     def __repr__(self) -> str:
         s, d = self.store.sizes()

@@ -20,26 +20,14 @@ from prometheus_client.registry import Collector
 from linkdns.plugins.cache.store import CLASS_NAMES
 
 if TYPE_CHECKING:
+    from linkdns.plugin import Env
     from linkdns.plugins.cache.handler import Cache
-    from linkdns.server.site import Site
 
 SHARED_KEY = "cache.collector"
 
 # Counter slots of a (server, zones) row.
 _REQ, _MISS, _PREFETCH, _DROP, _STALE, _HIT_S, _HIT_D, _EVICT_S, _EVICT_D = range(9)
 _SLOTS = 9
-
-
-def server_label(site: Site) -> str:
-    """The ``server`` label: the first listener that routes to this site (``dns://:53``)."""
-    names = sorted(
-        ln.name for ln in site.server.listeners.values()
-        if any(r.site is site for r in ln.routes.values())
-    )
-    if names:
-        return names[0]
-    host = site.addrs[0] if site.addrs else ""
-    return f"dns://{host}:{site.port}"
 
 
 def _counts(c: Cache) -> list[int]:
@@ -64,7 +52,7 @@ class CacheCollector(Collector):
 
     @staticmethod
     def labels(c: Cache) -> tuple[str, str]:
-        server = server_label(c.site) if c.site is not None else ""
+        server = c.env.label() if c.env is not None else ""
         return server, ",".join(c.zones)
 
     def retire(self, c: Cache) -> None:
@@ -136,18 +124,18 @@ class CacheCollector(Collector):
         ]
 
 
-def collector(site: Site) -> CacheCollector:
-    """The collector of this site's registry (created and registered on first use)."""
-    return site.collector(SHARED_KEY, CacheCollector)
+def collector(env: Env) -> CacheCollector:
+    """The collector of this server's registry (created and registered on first use)."""
+    return env.collector(SHARED_KEY, CacheCollector)
 
 
-def attach(site: Site, cache: Cache) -> None:
-    coll = collector(site)
+def attach(env: Env, cache: Cache) -> None:
+    coll = collector(env)
     if cache not in coll.caches:
         coll.caches.append(cache)
 
 
-def detach(site: Site, cache: Cache) -> None:
-    coll = site.shared.get(SHARED_KEY)
+def detach(env: Env, cache: Cache) -> None:
+    coll = env.find(SHARED_KEY)
     if isinstance(coll, CacheCollector):
         coll.retire(cache)

@@ -270,8 +270,8 @@ class Snapshot:
 
     def start(self) -> None:
         """Load the entries (before the listeners open); register the hand-over hook."""
-        site = self.cache.site
-        worker = site.server.worker if site is not None else None
+        env = self.cache.env
+        worker = env.worker if env is not None else None
         if worker is not None:
             self.path = f"{self.configured}.{worker.index}"
         old = self._predecessor()
@@ -281,8 +281,8 @@ class Snapshot:
             log.info("%s", f"carried {n} entries over the reload ({m} expired, {k} skipped)")
         else:
             self.load()
-        if site is not None:
-            hooks = site.server.handover_hooks
+        if env is not None:
+            hooks = env.handover_hooks
             if self.before_handover not in hooks:
                 hooks.append(self.before_handover)
 
@@ -290,16 +290,16 @@ class Snapshot:
         """Save the entries, unless the hand-over hook did already and a successor took the
         sockets (it loaded the file, and will save in turn), or the server never started (a
         start that failed must not replace the file it only read)."""
-        site = self.cache.site
+        env = self.cache.env
         successor = self.handed_over
-        if site is not None:
-            hooks = site.server.handover_hooks
+        if env is not None:
+            hooks = env.handover_hooks
             if self.before_handover in hooks:
                 hooks.remove(self.before_handover)
-            if not site.server.started.is_set():
+            if not env.started.is_set():
                 return
             # False when the successor failed after the hook ran: this instance serves on
-            successor = successor and site.server.handed_over
+            successor = successor and env.handed_over
         if not successor:
             self.save()
 
@@ -354,14 +354,11 @@ class Snapshot:
 
     def _predecessor(self) -> Snapshot | None:
         """On a reload, the running cache that saves to the same file (None at a start)."""
-        site = self.cache.site
-        if site is None or not site.server.started.is_set():
+        env = self.cache.env
+        if env is None or not env.started.is_set():
             return None
-        from linkdns.plugins.cache.handler import Cache
-
-        for s in site.server.sites:
-            for h in s.handlers:
-                if (isinstance(h, Cache) and h is not self.cache and h.snapshot is not None
-                        and h.snapshot.path == self.path):
-                    return h.snapshot
+        for p in env.plugins():
+            snap = getattr(p, "snapshot", None)
+            if isinstance(snap, Snapshot) and p is not self.cache and snap.path == self.path:
+                return snap
         return None

@@ -7,17 +7,20 @@ probes, ``policy`` the upstream order, ``metrics`` the Prometheus families.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from linkdns.plugin import PluginSpec, register
 from linkdns.plugins.forward.handler import Forward
 from linkdns.plugins.forward.setup import ForwardConfig, parse
 
+if TYPE_CHECKING:
+    from linkdns.plugin import Env
+
 __all__ = ["Forward", "ForwardConfig", "parse"]
 
 
-def build(cfg: ForwardConfig, site: Any) -> Forward:
-    return Forward(cfg, site)
+def build(cfg: ForwardConfig, env: Env) -> Forward:
+    return Forward(cfg, env)
 
 
 # Several forward lines may share a block: each is its own handler, chained in order.

@@ -36,7 +36,7 @@ from linkdns.request import Request
 from linkdns.writer import Writer
 
 if TYPE_CHECKING:
-    from linkdns.server.site import Site
+    from linkdns.plugin import Env
 
 _perf = time.perf_counter
 Result = tuple[bytes | None, str]  # (reply, error text)
@@ -48,11 +48,11 @@ _SHARE_FLAGS = wire.RD | wire.CD | wire.AD
 class Forward(Handler):
     name = "forward"
 
-    def __init__(self, cfg: ForwardConfig, site: Site) -> None:
+    def __init__(self, cfg: ForwardConfig, env: Env) -> None:
         super().__init__()
         self.cfg = cfg
-        self.metrics = metrics_for(site.shared, site.registry)
-        self.clock = site.server.clock
+        self.metrics = metrics_for(env)
+        self.clock = env.clock
         self.upstreams = [Upstream(s, cfg, self.metrics, self.clock.now) for s in cfg.upstreams]
         self.policy = policy.make(cfg.policy)
         self.health = Health(cfg)

@@ -1,5 +1,5 @@
 """forward's Prometheus metrics, with CoreDNS's names and labels (plugin/pkg/proxy/metrics.go
-and plugin/forward/metrics.go), built once per registry (through ``site.shared``).
+and plugin/forward/metrics.go), built once per registry (through ``env.keep``).
 
 What is counted per query (connection cache hits/misses, request durations) is kept in plain
 integers and bucket arrays (:class:`UpstreamStats`, one per upstream address, shared by every
@@ -11,15 +11,17 @@ all upstreams down, max_concurrent rejects) use prometheus-client counters direc
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from linkdns import wire
-from linkdns.metrics import cumulative
-from linkdns.server.stats import Hist
+from linkdns.metrics import Hist, cumulative
+
+if TYPE_CHECKING:
+    from linkdns.plugin import Env
 
 # plugin.TimeBuckets: prometheus.ExponentialBuckets(0.00025, 2, 16)
 TIME_BUCKETS = tuple(0.00025 * 2**i for i in range(16))
@@ -142,10 +144,7 @@ class ForwardCollector(Collector):
         return iter((dur, hits, misses, malformed, scrubbed))
 
 
-def metrics_for(shared: dict[str, Any], registry: CollectorRegistry | None) -> ForwardMetrics:
+def metrics_for(env: Env) -> ForwardMetrics:
     """The one ForwardMetrics of this registry (several blocks/forward lines share it)."""
-    m = shared.get(_KEY)
-    if not isinstance(m, ForwardMetrics):
-        m = ForwardMetrics(registry)
-        shared[_KEY] = m
-    return m
+    registry = env.registry
+    return env.keep(_KEY, lambda: ForwardMetrics(registry))

@@ -38,7 +38,7 @@ from linkdns.request import Request
 from linkdns.writer import Writer
 
 if TYPE_CHECKING:
-    from linkdns.server.site import Site
+    from linkdns.plugin import Env
 
 log = logging.getLogger("linkdns.plugin.hosts")
 
@@ -77,10 +77,10 @@ _Loaded = tuple[tuple[int, int], float, HostsMap]
 class Hosts(Handler):
     name = "hosts"
 
-    def __init__(self, opts: Options, site: Site) -> None:
+    def __init__(self, opts: Options, env: Env) -> None:
         super().__init__()
         self.opts = opts
-        self.site = site
+        self.env = env
         self.data = HostsData(HostsMap(), opts.inline)
         #: (mtime_ns, size) of the file last read, and its mtime in seconds
         self._stamp: tuple[int, int] | None = None
@@ -154,14 +154,14 @@ class Hosts(Handler):
         loaded = self.load()
         if loaded is not None:
             self.apply(loaded)
-        metrics.attach(self.site, self)
+        metrics.attach(self.env, self)
         if self.opts.reload > 0 and self._task is None:
             # Our own task, not server.spawn: the server drains its tasks at stop and reload,
             # and this one never ends by itself.
             self._task = asyncio.get_running_loop().create_task(self._watch())
 
     async def stop(self) -> None:
-        metrics.detach(self.site, self)
+        metrics.detach(self.env, self)
         t, self._task = self._task, None
         if t is not None:
             t.cancel()

@@ -1,7 +1,7 @@
 """coredns_hosts_* gauges, read from the live hosts handlers when Prometheus scrapes.
 
 Names and help texts are CoreDNS's (plugin/hosts/metrics.go); neither has labels. One
-collector per ``site.registry`` (kept in ``site.shared``); handlers attach when they start and
+collector per server registry (``env.collector``); handlers attach when they start and
 detach when they stop, so a reload or shutdown leaves no stale value behind.
 """
 
@@ -14,7 +14,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from linkdns.server.site import Site
+    from linkdns.plugin import Env
 
 SHARED_KEY = "hosts.collector"
 
@@ -53,13 +53,13 @@ class HostsCollector(Collector):
         return iter((entries, stamp))
 
 
-def attach(site: Site, src: Source) -> None:
-    coll = site.collector(SHARED_KEY, HostsCollector)
+def attach(env: Env, src: Source) -> None:
+    coll = env.collector(SHARED_KEY, HostsCollector)
     if src not in coll.sources:
         coll.sources.append(src)
 
 
-def detach(site: Site, src: Source) -> None:
-    coll = site.shared.get(SHARED_KEY)
+def detach(env: Env, src: Source) -> None:
+    coll = env.find(SHARED_KEY)
     if isinstance(coll, HostsCollector) and src in coll.sources:
         coll.sources.remove(src)

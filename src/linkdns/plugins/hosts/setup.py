@@ -29,7 +29,7 @@ from linkdns.plugins.hosts.handler import Hosts, Options
 from linkdns.plugins.hosts.hostsfile import parse_hosts, parse_ip
 
 if TYPE_CHECKING:
-    from linkdns.server.site import Site
+    from linkdns.plugin import Env
 
 log = logging.getLogger("linkdns.plugin.hosts")
 
@@ -134,11 +134,11 @@ def parse(d: Directive) -> HostsConfig:
     return HostsConfig(path, origins, tuple(inline), ttl, reload, reverse, fall)
 
 
-def build(cfg: HostsConfig, site: Site) -> Hosts:
-    origins = cfg.origins if cfg.origins is not None else tuple(site.zones)
+def build(cfg: HostsConfig, env: Env) -> Hosts:
+    origins = cfg.origins if cfg.origins is not None else tuple(env.zones)
     inline = parse_hosts("\n".join(cfg.inline), origins, cfg.reverse)
     opts = Options(cfg.path, origins, inline, cfg.ttl, cfg.reload, cfg.reverse, cfg.fall)
-    return Hosts(opts, site)
+    return Hosts(opts, env)
 
 
 register(PluginSpec("hosts", parse, build))

@@ -29,8 +29,8 @@ from linkdns.request import Request, class_name, type_name
 from linkdns.writer import Writer
 
 if TYPE_CHECKING:
+    from linkdns.plugin import Env
     from linkdns.plugins.template.setup import TemplateConfig
-    from linkdns.server.site import Site
 
 _HEAD = struct.Struct(">HHHHHH")
 
@@ -52,15 +52,15 @@ class RenderError(Exception):
 class TemplateHandler(Handler):
     name = "template"
 
-    def __init__(self, rules: list[Rule], site: Site) -> None:
+    def __init__(self, rules: list[Rule], env: Env) -> None:
         super().__init__()
         self.rules = rules
         self.zones = tuple(z for r in rules for z in r.zones)
-        self.site = site
+        self.env = env
         self.coll: metrics.TemplateCollector | None = None
 
     async def start(self) -> None:
-        self.coll = metrics.collector(self.site)
+        self.coll = metrics.collector(self.env)
 
     async def serve(self, req: Request, w: Writer) -> int:
         name = req.name

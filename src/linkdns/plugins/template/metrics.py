@@ -1,7 +1,7 @@
 """coredns_template_* counters: plain integers, turned into samples when Prometheus scrapes.
 
 Names, help texts and labels are CoreDNS's (plugin/template/metrics.go); ``view`` is always
-empty (linkdns has no *view* plugin). One collector per ``site.registry``, kept in
+empty (linkdns has no *view* plugin). One collector per server registry (``env.collector``),
 ``site.shared``, so every block of a server counts into the same rows and the counts outlive
 a handler.
 """
@@ -16,7 +16,7 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from linkdns.server.site import Site
+    from linkdns.plugin import Env
 
 SHARED_KEY = "template.collector"
 
@@ -54,6 +54,6 @@ class TemplateCollector(Collector):
         return iter(fams)
 
 
-def collector(site: Site) -> TemplateCollector:
+def collector(env: Env) -> TemplateCollector:
     """The registry's collector, registered on first use."""
-    return site.collector(SHARED_KEY, TemplateCollector)
+    return env.collector(SHARED_KEY, TemplateCollector)

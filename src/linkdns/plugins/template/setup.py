@@ -27,7 +27,7 @@ from linkdns.plugins.template.handler import Rule, TemplateHandler
 from linkdns.request import class_name, type_name
 
 if TYPE_CHECKING:
-    from linkdns.server.site import Site
+    from linkdns.plugin import Env
 
 #: CoreDNS's hard limit on a regex pattern (setup.go maxRegexpLen).
 MAX_REGEX_LEN = 10000
@@ -143,9 +143,9 @@ def parse_all(ds: list[Directive]) -> list[TemplateConfig]:
     return [parse(d) for d in ds]
 
 
-def build(cfgs: list[TemplateConfig], site: Site) -> TemplateHandler:
-    rules = [Rule(c, c.zones if c.zones is not None else tuple(site.zones)) for c in cfgs]
-    return TemplateHandler(rules, site)
+def build(cfgs: list[TemplateConfig], env: Env) -> TemplateHandler:
+    rules = [Rule(c, c.zones if c.zones is not None else tuple(env.zones)) for c in cfgs]
+    return TemplateHandler(rules, env)
 
 
 register(PluginSpec("template", parse, build, once=False, parse_all=parse_all))
