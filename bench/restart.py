@@ -121,10 +121,7 @@ class Upstream:
 
 def run(v: Variant, args: argparse.Namespace) -> Figures:
     rng = random.Random(12)
-    picks = [rng.randrange(args.names) for _ in range(args.rate * 60)]
-
-    def name(i: int) -> str:
-        return f"n{picks[i % len(picks)]}.bench.example."
+    names = [f"n{rng.randrange(args.names)}.bench.example." for _ in range(args.rate * 60)]
 
     up = Upstream()
     with up.up, tempfile.TemporaryDirectory(prefix="linkdns-restart-") as d:
@@ -137,7 +134,7 @@ def run(v: Variant, args: argparse.Namespace) -> Figures:
         old.wait_for("linkdns-")
         new: Daemon | None = None
         try:
-            with Load(port, args.proto, rate=args.rate, name=name,
+            with Load(port, args.proto, rate=args.rate, names=names,
                       limit=args.warm + args.after + 30) as load:
                 time.sleep(args.warm)
                 warm = up.between(0, time.monotonic())

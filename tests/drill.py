@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import dns.message
@@ -115,30 +116,30 @@ def default_name(i: int) -> str:
 
 
 class Load:
-    """Queries at ``rate``/s to ``host``:``port`` until :meth:`stop`; ``enter`` runs first in
-    the load's thread (e.g. to enter a network namespace)."""
+    """Queries at ``rate``/s to ``host``:``port`` until :meth:`stop`, from a process of its
+    own (``python drill.py``: the test's upstream and log readers do not slow it down, nor
+    it them). ``names`` (cycled) or :func:`default_name`. ``enter`` runs first in the load's
+    process (e.g. to enter a network namespace)."""
 
     def __init__(self, port: int, proto: str = "udp", rate: int = 500, timeout: float = 1.0,
-                 name: Callable[[int], str] = default_name, limit: float = 30.0,
+                 names: Sequence[str] | None = None, limit: float = 30.0,
                  host: str = "127.0.0.1", enter: Callable[[], None] | None = None) -> None:
-        self.port = port
-        self.host = host
-        self.enter = enter
-        self.proto = proto
-        self.rate = rate
         self.timeout = timeout
-        self.name = name
         self.limit = limit  # seconds: the load ends by itself after this, whatever happens
         self.result = Result(proto)
-        self.answers: list[float] = []  # monotonic times answers arrived
-        self._stop: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._started = threading.Event()
+        self.enter = enter
+        self.args = {"host": host, "port": port, "proto": proto, "rate": rate, "timeout": timeout,
+                     "names": list(names or ()), "limit": limit}
+        self.p: subprocess.Popen[str] | None = None
 
     def __enter__(self) -> Load:
-        self._thread.start()
-        self._started.wait(5)
+        self.p = subprocess.Popen([PY, __file__], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True, preexec_fn=self.enter)
+        assert self.p.stdin is not None and self.p.stdout is not None
+        self.p.stdin.write(json.dumps(self.args) + "\n")
+        self.p.stdin.flush()
+        if self.p.stdout.readline().strip() != "started":
+            raise RuntimeError("the load process did not start")
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -146,34 +147,68 @@ class Load:
 
     def stop(self) -> Result:
         """Stop sending; wait for what is outstanding (its timeout at most)."""
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(self.limit + self.timeout + 5)
+        p = self.p
+        if p is None:
+            return self.result
+        self.p = None
+        try:
+            out, _ = p.communicate("stop\n", timeout=self.limit + self.timeout + 10)
+            self.result = Result(**json.loads(out))
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
         return self.result
 
-    def _run(self) -> None:
-        if self.enter is not None:
-            self.enter()
-        asyncio.run(self._main())
 
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        self._started.set()
+def _load_main() -> None:
+    """The load process: arguments as one JSON line on stdin, "started", then the result
+    as JSON once stdin says stop (or closes)."""
+    a = json.loads(sys.stdin.readline())
+    client = _Client(a["host"], a["port"], a["proto"], a["rate"], a["timeout"], a["names"],
+                     a["limit"])
+    stop = threading.Event()
+
+    def wait_stop() -> None:
+        sys.stdin.readline()
+        stop.set()
+
+    threading.Thread(target=wait_stop, daemon=True).start()
+    asyncio.run(client.run(stop, lambda: print("started", flush=True)))
+    print(json.dumps(asdict(client.result)), flush=True)
+
+
+class _Client:
+    """The load itself, in the load process."""
+
+    def __init__(self, host: str, port: int, proto: str, rate: int, timeout: float,
+                 names: list[str], limit: float) -> None:
+        self.host = host
+        self.port = port
+        self.proto = proto
+        self.rate = rate
+        self.timeout = timeout
+        self.names = names
+        self.limit = limit
+        self.result = Result(proto)
+        self.answers: list[float] = []  # monotonic times answers arrived
+
+    def name(self, i: int) -> str:
+        return self.names[i % len(self.names)] if self.names else default_name(i)
+
+    async def run(self, stop: threading.Event, started: Callable[[], None]) -> None:
         tasks: set[asyncio.Task[None]] = set()
         t0 = time.monotonic()
+        started()
         i = 0
-        while not self._stop.is_set() and time.monotonic() - t0 < self.limit:
+        while not stop.is_set() and time.monotonic() - t0 < self.limit:
             due = int((time.monotonic() - t0) * self.rate)
             while i < due:
                 t = asyncio.ensure_future(self._one(i))
                 tasks.add(t)
                 t.add_done_callback(tasks.discard)
                 i += 1
-            try:
-                await asyncio.wait_for(self._stop.wait(), 1 / self.rate)
-            except TimeoutError:
-                pass
+            await asyncio.sleep(1 / self.rate)
         if tasks:
             await asyncio.wait(tasks, timeout=self.timeout + 1)
         end = time.monotonic()
@@ -255,3 +290,7 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+if __name__ == "__main__":
+    _load_main()

@@ -168,6 +168,7 @@ class Server:
 
     def _handed_over(self, peer: handover.Peer) -> None:
         self.handed_over = True
+        self._stop_reading()  # now, before the successor hears back: not one more read
         log.info("hand-over: pid %d serves on our sockets; stopped reading, draining; "
                  "SIGTERM ends this process", peer.pid)
         if self._retired is None:
@@ -261,15 +262,18 @@ class Server:
         """Stop reading and drain: at stop, or as soon as a successor serves our sockets
         (then the process idles until SIGTERM, so a rolling update's old pod stays until
         Kubernetes deletes it, and a SIGKILL then loses nothing)."""
+        self._stop_reading()
+        await self._drain(time.monotonic() + self.drain_timeout)
+        if self.handed_over and not self.stopping:
+            log.info("hand-over: drained; idle until SIGTERM")
+
+    def _stop_reading(self) -> None:
         if self.handed_over:
             http_servers: dict[tuple[str, int], Any] = self.shared.get("http", {})
             for srv in http_servers.values():
                 srv.stop_accepting()  # the successor answers every probe from now on
         for ln in self.listeners.values():
             ln.stop_accepting()
-        await self._drain(time.monotonic() + self.drain_timeout)
-        if self.handed_over and not self.stopping:
-            log.info("hand-over: drained; idle until SIGTERM")
 
     async def _drain(self, deadline: float) -> None:
         """Queries in flight finish; each TCP connection closes once idle (its answers out,
