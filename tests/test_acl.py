@@ -429,4 +429,4 @@ def test_unreadable_source_is_blocked_as_coredns_does() -> None:
 def test_drop_is_not_an_error_rcode() -> None:
     # The handlers before acl (errors, log) see a dropped query as answered, not as an error
     # they should answer themselves.
-    assert plugin.client_wrote(plugin.DROP)
+    assert plugin.client_wrote(plugin.DROPPED)

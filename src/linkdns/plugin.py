@@ -1,8 +1,9 @@
 """The plugin contract, the registry and the one table that fixes the execution order.
 
-Contract (CoreDNS's): ``async def serve(req, w) -> rcode``. If the returned rcode is SERVFAIL,
-REFUSED, FORMERR or NOTIMP nothing was written and the server writes the error reply; any
-other rcode means the plugin already wrote the reply through ``w``.
+Contract (CoreDNS's): ``async def serve(req, w) -> rcode``, and the rcode alone says who
+answers. SERVFAIL, REFUSED, FORMERR or NOTIMP: nothing was written, the server writes the
+error reply. :data:`DROPPED`: nothing is sent on purpose. Any other rcode: the plugin already
+wrote the reply through ``w``.
 
 Each plugin registers a :class:`PluginSpec`: a pure ``parse(directive) -> config`` (testable
 without a server, raising ConfigError with file:line) and a ``build(config, env)`` that makes
@@ -42,10 +43,11 @@ ORDER: tuple[str, ...] = (
 # Rcodes that mean "nothing written, the server must answer".
 ERROR_RCODES = frozenset({wire.SERVFAIL, wire.REFUSED, wire.FORMERR, wire.NOTIMP})
 
-#: Returned by a handler that answers nothing on purpose (acl's ``drop``): the server sends no
-#: reply and counts no response. Not a wire rcode; to the handlers before it, it reads as
-#: "written" (``client_wrote`` is true), as CoreDNS's ``return dns.RcodeSuccess`` does.
-DROP = -1
+#: The rcode of a query answered with nothing on purpose (acl's ``drop``): the server sends no
+#: reply, counts a drop and no response. An rcode of its own, past the 12 bits of the extended
+#: rcodes; to the handlers before it, it reads as "written" (``client_wrote`` is true), as
+#: CoreDNS's ``return dns.RcodeSuccess`` does.
+DROPPED = 0x1000
 
 
 def client_wrote(rc: int) -> bool:

@@ -24,13 +24,14 @@ def _truncate(out: bytes, size: int) -> bytes:
 class Writer:
     """Base writer. ``write(reply)`` takes a complete reply; the writer fits it to the client."""
 
-    __slots__ = ("flags", "plugin", "rcode", "req", "size", "written")
+    __slots__ = ("flags", "plugin", "rcode", "req", "size")
 
     def __init__(self, req: Request) -> None:
         self.req = req
+        #: what was sent, for metrics and the log (-1: nothing yet); who answers is the
+        #: handlers' returned rcode alone (linkdns.plugin)
         self.rcode = -1
         self.size = 0
-        self.written = False
         self.plugin = ""  # name of the plugin that wrote (metrics label)
         self.flags = 0  # header flags of what was sent
 
@@ -48,13 +49,12 @@ class Writer:
         self._emit(out)
 
     def drop(self) -> None:
-        """End the query with no reply (a handler returned ``plugin.DROP``). Nothing is sent;
+        """End the query with no reply (a handler returned ``plugin.DROPPED``). Nothing is sent;
         ``_emit(b"")`` still runs so a writer that tracks replies in flight sees the end."""
         self._emit(b"")
 
     def _record(self, out: bytes, plugin: str) -> None:
         """Note what was answered (rcode, flags, size, plugin) for metrics and log."""
-        self.written = True
         n = len(out)
         if n > 3:
             self.rcode = out[3] & 0x0F
@@ -120,8 +120,7 @@ class WrapWriter(Writer):
 
     def _copy(self) -> None:
         i = self.inner
-        self.written, self.rcode, self.size, self.plugin, self.flags = (
-            i.written, i.rcode, i.size, i.plugin, i.flags)
+        self.rcode, self.size, self.plugin, self.flags = i.rcode, i.size, i.plugin, i.flags
 
 
 class Recorder(Writer):

@@ -6,7 +6,7 @@ checked in order, as CoreDNS does: a rule applies when the query name is in one 
 its policies are tried in order and the first whose type and source match decides. ``allow``
 ends the checks (later rules are not consulted), ``block`` answers REFUSED, ``filter`` an
 empty NOERROR (each with an RFC 8914 Extended DNS Error, Blocked / Filtered, when the client
-sent EDNS), ``drop`` answers nothing (``plugin.DROP``). A query no policy matches is allowed.
+sent EDNS), ``drop`` answers nothing (``plugin.DROPPED``). A query no policy matches is allowed.
 
 The source is the query's peer address (IPv4-mapped IPv6 peers count as IPv4, as Go's
 iptree sees them). acl is not ``hit_transparent``: a block with acl answers cache hits
@@ -309,7 +309,7 @@ class Acl(Handler):
         if action == DROP:
             d = self.counts.dropped
             d[key] = d.get(key, 0) + 1
-            return plugin.DROP
+            return plugin.DROPPED
         if action == BLOCK:
             w.send(reply(req.q, wire.REFUSED, EDE_BLOCKED), "acl")
             d = self.counts.blocked

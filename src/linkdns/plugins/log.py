@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from linkdns import wire
 from linkdns.corefile import Directive
 from linkdns.errors import ConfigError
-from linkdns.plugin import DROP, Handler, PluginSpec, client_wrote, err, in_zones, register
+from linkdns.plugin import DROPPED, Handler, PluginSpec, client_wrote, err, in_zones, register
 from linkdns.request import Request, class_name
 from linkdns.writer import WrapWriter, Writer
 
@@ -88,7 +88,7 @@ class Log(Handler):
         seen: list[bytes] = []
         rw = WrapWriter(w, seen.append)
         rc = await self.next_serve(req, rw)
-        if not rw.written and not client_wrote(rc):
+        if not client_wrote(rc):
             # As CoreDNS's log does: answer the error here so the line shows what was sent.
             rw.send(wire.error_reply(req.q, req.data, rc))
         reply = seen[-1] if seen else b""
@@ -99,7 +99,7 @@ class Log(Handler):
 
     def format(self, req: Request, rc: int, w: Writer | None) -> str:
         q = req.q
-        if w is None and rc == DROP:
+        if w is None and rc == DROPPED:
             rcode = "-"  # dropped on purpose (acl): CoreDNS logs no rcode either
         else:
             rcode = wire.RCODE_NAMES.get(w.rcode if w else rc, str(rc)) if (w or rc) else "NOERROR"
@@ -122,7 +122,7 @@ class Log(Handler):
             "{duration}": f"{dur:.6f}".rstrip("0").rstrip(".") + "s",
             "{>opcode}": str((q.flags >> 11) & 0xF),
         }
-        if w is not None and w.written:
+        if w is not None:
             vals["{>rflags}"] = response_flags(w.flags)
         return _PLACEHOLDER.sub(lambda m: vals.get(m.group(0), "-"), self.cfg.fmt)
 

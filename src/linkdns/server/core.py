@@ -344,16 +344,16 @@ class Server:
             chain = r.site.chain
             if chain is not None:
                 rc = await chain.serve(req, w)
-            if not w.written:
-                if rc == plugin.DROP:
-                    w.drop()  # no reply on purpose (acl's drop): nothing sent
-                    self.stats.drop(req.server, "acl")
-                    return
-                if plugin.client_wrote(rc):
-                    rc = wire.SERVFAIL  # a plugin claimed it wrote but did not
+            # The returned rcode alone says who answers (linkdns.plugin).
+            if rc == plugin.DROPPED:
+                w.drop()  # no reply on purpose (acl's drop): nothing sent
+                self.stats.drop(req.server, "acl")
+                return
+            if not plugin.client_wrote(rc):
                 w.send(wire.error_reply(req.q, req.data, rc))
         except asyncio.CancelledError:
-            if not w.written:
+            # No rcode came back: answer unless the writer already sent something.
+            if w.rcode < 0:
                 w.send(wire.error_reply(req.q, req.data, wire.SERVFAIL))
                 r.stats.count_response(wire.SERVFAIL, "", req.proto == "tcp", w.size,
                                        time.perf_counter() - req.start)
@@ -361,7 +361,7 @@ class Server:
         except Exception:
             self.stats.panics += 1
             log.exception("panic while serving %r", req)
-            if not w.written:
+            if w.rcode < 0:
                 w.send(wire.error_reply(req.q, req.data, wire.SERVFAIL))
         finally:
             if ln is not None:

@@ -302,7 +302,7 @@ class Cache(Handler):
 
     def _fetched(self, req: Request, rec: Recorder, rc: int, refresh: bool) -> Fetched:
         """What an exchange through the rest of the chain produced (stored if it may be)."""
-        reply = rec.reply if rec.written else None
+        reply = rec.reply
         entry = self.absorb(req, reply, refresh) if reply is not None else None
         return Fetched(rc, reply, rec.plugin, entry, req.meta.get("error"))
 
