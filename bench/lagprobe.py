@@ -28,7 +28,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from linkdns import cli
-from linkdns.server import listen
+from linkdns.server import udp
 from linkdns.server.core import Server
 
 _mono = time.monotonic
@@ -62,13 +62,13 @@ def _steal() -> float:
 
 
 def _count_datagrams() -> None:
-    real = listen.UDPProtocol.datagram_received
+    real = udp.UDPProtocol.datagram_received
 
-    def counted(self: listen.UDPProtocol, data: bytes, addr: Any) -> None:
+    def counted(self: udp.UDPProtocol, data: bytes, addr: Any) -> None:
         STATE["datagrams"] += 1
         real(self, data, addr)
 
-    listen.UDPProtocol.datagram_received = counted  # type: ignore[method-assign]
+    udp.UDPProtocol.datagram_received = counted  # type: ignore[method-assign]
 
 
 def _gc_hook() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from linkdns import wire
-from linkdns.server.hitpath import opt_shape
+from linkdns.server.frontdoor import opt_shape
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 import workingset as ws

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 from linkdns import http, wire
 from linkdns.errors import ConfigError
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from linkdns.clock import Clock
     from linkdns.corefile import Directive
     from linkdns.request import Request
+    from linkdns.wire import Query
     from linkdns.workers import Worker
     from linkdns.writer import Writer
 
@@ -76,6 +77,10 @@ class Handler:
     name: ClassVar[str] = ""
     #: True when the plugin has no effect on a cache hit, so the hit path may skip it.
     hit_transparent: ClassVar[bool] = False
+    #: True when the hit path must call :meth:`hit_size` / :meth:`hit_rewrite` (a plugin in
+    #: front of the cache that lowers the client's size, or rewrites a hit's reply)
+    hit_sizes: ClassVar[bool] = False
+    hit_rewrites: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.next: Handler | None = None
@@ -99,12 +104,27 @@ class Handler:
     def ready(self) -> bool:
         return True
 
-    # Hit-path hooks (see server/site.py): adjust the client's size, rewrite a hit reply.
+    # Hit-path hooks (see server/frontdoor.py): adjust the client's size, rewrite a hit reply.
     def hit_size(self, size: int) -> int:
         return size
 
     def hit_rewrite(self, reply: bytearray) -> None:
         return None
+
+
+@runtime_checkable
+class HitCache(Protocol):
+    """What the hit path needs from a cache plugin (server/frontdoor.py): a handler that
+    has both methods is the block's cache."""
+
+    def hit(self, q: Query, size: int) -> bytes | None:
+        """A complete reply for ``q`` (client's ID, question, flags, TTLs, OPT) that fits in
+        ``size`` bytes, or None (miss, stale, too big: the slow path decides)."""
+
+    def hit_wire(self, key: bytes, data: bytes, qe: int, opt: bytes,
+                 size: int) -> bytes | None:
+        """The same from the datagram itself: the cache ``key`` (as ``Query.key``), the
+        client's ``data`` (ID, question up to ``qe``), the ``opt`` our reply carries."""
 
 
 class SetupPlugin:

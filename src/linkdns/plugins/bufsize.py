@@ -18,7 +18,7 @@ from linkdns.writer import Writer
 DEFAULT_SIZE = 1232
 MIN_SIZE = 512
 MAX_SIZE = 4096
-TCP_SIZE = 65535  # what server/listen.py passes to hit_size for TCP queries
+TCP_SIZE = 65535  # what server/frontdoor.py passes to hit_size for TCP queries
 
 
 def parse(d: Directive) -> int:
@@ -51,6 +51,7 @@ def lower(q: wire.Query, size: int) -> None:
 class Bufsize(Handler):
     name = "bufsize"
     hit_transparent = True  # hits take hit_size() instead
+    hit_sizes = True
 
     def __init__(self, size: int) -> None:
         super().__init__()

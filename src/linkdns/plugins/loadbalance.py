@@ -70,6 +70,7 @@ class _ShuffleWriter(WrapWriter):
 class LoadBalance(Handler):
     name = "loadbalance"
     hit_transparent = True  # it rewrites hits through hit_rewrite
+    hit_rewrites = True
 
     async def serve(self, req: Request, w: Writer) -> int:
         return await self.next_serve(req, _ShuffleWriter(w))

@@ -11,9 +11,10 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Coroutine
+from functools import partial
 from typing import Any
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 
 from linkdns import plugin, wire, workers
 from linkdns.clock import Clock
@@ -21,9 +22,13 @@ from linkdns.config import SiteConfig, build_sites
 from linkdns.corefile import ServerBlock
 from linkdns.request import Request
 from linkdns.server import handover
-from linkdns.server.listen import MAX_INFLIGHT, TCP_DRAIN_IDLE, Listener, Route
+from linkdns.server.frontdoor import Route
+from linkdns.server.listen import MAX_INFLIGHT, TCP_DRAIN_IDLE, Listener
+from linkdns.server.metrics import ServerCollector
 from linkdns.server.site import Site
 from linkdns.server.stats import ServerStats
+from linkdns.server.tcp import TCPProtocol, tcp_limit
+from linkdns.server.udp import UDPProtocol
 from linkdns.workers import Worker
 from linkdns.writer import Writer
 
@@ -46,6 +51,8 @@ class Server:
         #: the clock plugins age entries by; tests advance it
         self.clock = Clock()
         self.stats = ServerStats()
+        #: the server's own collector, once a block uses prometheus (expose_metrics)
+        self.metrics: ServerCollector | None = None
         self.reuse_port = reuse_port
         self.drain_timeout = drain_timeout
         #: slow-path queries in flight per listener before new ones are shed (listen.py)
@@ -184,9 +191,11 @@ class Server:
         for key, group in by_addr.items():
             ln = self.listeners.get(key)
             if ln is None:
-                ln = Listener(self, *key)
+                ln = Listener(self.stats, self.spawn, self.handle, *key, self.max_inflight,
+                              tcp_limit())
                 ln.set_sites(group)  # routes in place before the first query is read
-                await ln.start(self.reuse_port, self.take_inherited(("dns", *key)))
+                await ln.start(self.reuse_port, self.take_inherited(("dns", *key)),
+                               udp=partial(UDPProtocol, ln), tcp=partial(TCPProtocol, ln))
                 self.listeners[key] = ln
                 if not ln.host:
                     log.warning("no bind for port %d: answering queries on every IPv4 address "
@@ -300,6 +309,14 @@ class Server:
             log.warning("cancelled %d queries still in flight after %.1fs",
                         len(pending), self.drain_timeout)
             await asyncio.gather(*pending, return_exceptions=True)
+
+    def expose_metrics(self) -> None:
+        """Register the server's own collector (coredns_dns_* ...), once."""
+        if self.metrics is None:
+            self.metrics = ServerCollector(self.listeners, lambda: self.stats)
+            self.registry.register(self.metrics)
+            # process_* (CPU, memory, fds, start time) as Go's client exports for CoreDNS
+            ProcessCollector(registry=self.registry)
 
     def fail(self, msg: str) -> None:
         """A fatal condition (CoreDNS's log.Fatal): log it and ask the process to stop."""

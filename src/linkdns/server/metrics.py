@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import ProcessCollector
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -29,7 +28,7 @@ from linkdns.metrics import DROPPED, VIEW, ZONE, build_info, cumulative, rcode_l
 from linkdns.server.stats import DROP_REASONS, PROTOS, ServerStats
 
 if TYPE_CHECKING:
-    from linkdns.server.core import Server
+    from linkdns.server.listen import Listener
     from linkdns.server.site import Site
 
 
@@ -87,9 +86,11 @@ class ServerCollector:
     ``coredns_panics_total``, ``linkdns_queries_in_flight`` and
     ``linkdns_dropped_queries_total`` for one Server."""
 
-    def __init__(self, server: Server, stats: Callable[[], ServerStats] | None = None) -> None:
-        self.server = server
-        self.stats = stats if stats is not None else (lambda: server.stats)
+    def __init__(self, listeners: dict[tuple[str, int], Listener],
+                 stats: Callable[[], ServerStats]) -> None:
+        #: the server's listeners (its own dict: the current ones at each scrape)
+        self.listeners = listeners
+        self.stats = stats
 
     def describe(self) -> list[Metric]:
         """Names only (so the registry spots a second registration), no samples."""
@@ -100,7 +101,7 @@ class ServerCollector:
         (server, zone, plugin name) for them, from the listeners' current routes."""
         zones: set[tuple[str, str]] = set()
         enabled: list[tuple[str, str, str]] = []
-        for ln in list(self.server.listeners.values()):
+        for ln in list(self.listeners.values()):
             for route in list(ln.routes.values()):
                 site = route.site
                 key = (ln.name, route.zone)
@@ -139,7 +140,7 @@ class ServerCollector:
             f.enabled.add_metric([server, zone, VIEW, name], 1)
         f.build.add_metric(list(build_info()), 1)
         drops = dict(stats.drops)
-        for ln in list(self.server.listeners.values()):
+        for ln in list(self.listeners.values()):
             f.inflight.add_metric([ln.name], ln.inflight)
             for reason in DROP_REASONS:
                 drops.setdefault((ln.name, reason), 0)
@@ -158,15 +159,3 @@ def plugin_names(site: Site) -> list[str]:
     names = {h.name for h in site.handlers if h.name}
     names.update(n for n in site.plugin_names if n == "prometheus")
     return sorted(names)
-
-
-def register_server(server: Server) -> ServerCollector:
-    """The server collector of this server's registry, registered on first call only."""
-    col: ServerCollector | None = server.shared.get("metrics.server")
-    if col is None:
-        col = server.shared["metrics.server"] = ServerCollector(server)
-        registry = server.registry
-        registry.register(col)
-        # process_* (CPU, memory, fds, start time) as Go's client exports for CoreDNS
-        ProcessCollector(registry=registry)
-    return col

@@ -9,14 +9,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from linkdns import http, plugin
 from linkdns.config import SiteConfig, build_sites
 from linkdns.corefile import load_corefile
-from linkdns.plugin import Handler, SetupPlugin
-from linkdns.server.metrics import register_server
-from linkdns.wire import Query
+from linkdns.plugin import Handler, HitCache, SetupPlugin
+from linkdns.server.sockets import server_label
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -28,19 +27,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("linkdns.server")
 
 C = TypeVar("C")
-
-
-class HitCache(Protocol):
-    """What the hit path needs from a cache plugin."""
-
-    def hit(self, q: Query, size: int) -> bytes | None:
-        """A complete reply for ``q`` (client's ID, question, flags, TTLs, OPT) that fits in
-        ``size`` bytes, or None (miss, stale, too big: the slow path decides)."""
-
-    def hit_wire(self, key: bytes, data: bytes, qe: int, opt: bytes,
-                 size: int) -> bytes | None:
-        """The same from the datagram itself: the cache ``key`` (as ``Query.key``), the
-        client's ``data`` (ID, question up to ``qe``), the ``opt`` our reply carries."""
 
 
 class Site:
@@ -161,7 +147,7 @@ class Site:
         return any(name in s.cfg.plugins for s in self.server.sites)
 
     def expose_server_metrics(self) -> None:
-        register_server(self.server)
+        self.server.expose_metrics()
 
     async def reload(self) -> None:
         server = self.server
@@ -190,8 +176,8 @@ class Site:
         self.chain = self.handlers[0] if self.handlers else None
         # The hit path: every handler in front of the cache must be transparent on hits.
         for h in self.handlers:
-            if hasattr(h, "hit_wire") and getattr(h, "name", "") == "cache":
-                self.cache = cast(HitCache, h)
+            if isinstance(h, HitCache):
+                self.cache = h
                 break
             if not h.hit_transparent:
                 break
@@ -215,8 +201,3 @@ class Site:
     def _plugins(self) -> list[Handler | SetupPlugin]:
         return [*self.setups, *self.handlers]
 
-
-def server_label(host: str, port: int) -> str:
-    """``dns://HOST:PORT``, the ``server`` label of metrics and logs (IPv6 in brackets)."""
-    host = f"[{host}]" if ":" in host else host
-    return f"dns://{host}:{port}"

@@ -75,3 +75,9 @@ class UDPOut(asyncio.DatagramTransport):
             self.sock.sendto(data, addr)
         except OSError as e:
             log.debug("udp send after stop: %s", e)
+
+
+def server_label(host: str, port: int) -> str:
+    """``dns://HOST:PORT``, the ``server`` label of metrics and logs (IPv6 in brackets)."""
+    host = f"[{host}]" if ":" in host else host
+    return f"dns://{host}:{port}"

@@ -1,10 +1,13 @@
-"""The cache-hit path's reading of a query in place (see Listener and docs/plugins/cache.md).
+"""The front door: a query's zone (routing) and the cache-hit path, read in place.
 
-The listener answers a hit from the datagram's own bytes: the header checked in place, the
-question's end taken from the datagram's length (no OPT, or an OPT without options seen
-before) or one ``find``, the cache key built from those bytes, the client's OPT looked up in
-a small bounded table of shapes. ``UDPProtocol.datagram_received`` inlines :func:`hit_wire`;
-the TCP path and tests call it.
+A listener routes a query to the server block of its longest zone (:class:`Router`), and
+answers a cache hit from the datagram's own bytes (:func:`hit_wire`): the header checked in
+place, the question's end taken from the datagram's length (no OPT, or an OPT without options
+seen before) or one ``find``, the cache key built from those bytes, the client's OPT looked up
+in a small bounded table of shapes, the cache's own index the only table a hit looks in (see
+docs/plugins/cache.md). ``UDPProtocol.datagram_received`` (server/udp.py) inlines
+:func:`hit_wire`; the TCP path and tests call it. Everything else goes to the listener's slow
+path (server/listen.py).
 """
 
 from __future__ import annotations
@@ -15,9 +18,73 @@ from typing import TYPE_CHECKING
 from linkdns import wire
 
 if TYPE_CHECKING:
-    from linkdns.server.listen import Listener, Route
+    from linkdns.plugin import HitCache
+    from linkdns.server.site import Site
+    from linkdns.server.stats import ZoneStats
 
 _perf = time.perf_counter
+
+
+class Route:
+    """A zone of a site, as the router sees it, with what a cache hit needs from the site:
+    its cache (None when the site cannot answer hits synchronously), the size hooks and
+    reply rewrites of the plugins in front of the cache."""
+
+    __slots__ = ("cache", "rewrites", "site", "sizers", "stats", "zone")
+
+    def __init__(self, site: Site, zone: str, stats: ZoneStats) -> None:
+        self.site = site
+        self.zone = zone
+        self.stats = stats
+        self.cache: HitCache | None = site.cache if site.fast else None
+        self.sizers = tuple(h for h in site.pre_hit if h.hit_sizes)
+        self.rewrites = tuple(h for h in site.pre_hit if h.hit_rewrites)
+
+
+
+class Router:
+    """The zone map of one listener: a wire name -> the Route of its longest zone.
+
+    Changed in place by :meth:`set` (at start and by reload, on the loop, so no query sees a
+    half-made map); the protocols keep a reference to it."""
+
+    __slots__ = ("only", "root", "routes", "suffixes")
+
+    def __init__(self) -> None:
+        self.routes: dict[bytes, Route] = {}
+        #: the zones other than the root, wire form (a name that ends in none of them is the
+        #: root's); the only route when it is the root's (no name to look at)
+        self.suffixes: tuple[bytes, ...] = ()
+        self.only: Route | None = None
+        self.root: Route | None = None
+
+    def set(self, routes: dict[bytes, Route]) -> None:
+        """Route by ``routes`` (zone in wire form -> Route) from now on."""
+        self.routes = routes
+        self.root = routes.get(b"\x00")
+        self.suffixes = tuple(z for z in routes if z != b"\x00")
+        self.only = self.root if len(routes) == 1 else None
+
+    def route(self, q: wire.Query) -> Route | None:
+        """Longest matching zone for the query's name."""
+        if self.only is not None:
+            return self.only
+        return self.route_name(q.qname_lower)
+
+    def route_name(self, name: bytes) -> Route | None:
+        """Longest matching zone for a lowercased wire name (None: no zone, REFUSED)."""
+        if not name.endswith(self.suffixes):  # one C call: most names are the root's
+            return self.root
+        routes = self.routes
+        off = 0
+        n = len(name)  # (the hit path's name is unchecked: stay inside it, whatever it holds)
+        while off < n:
+            r = routes.get(name[off:])
+            if r is not None:
+                return r
+            off += name[off] + 1
+        return None
+
 
 #: header bytes 4-11 (QD=1, AN=NS=0, AR=0 or 1) of a query the hit path reads in place
 COUNTS_PLAIN = b"\x00\x01\x00\x00\x00\x00\x00\x00"
@@ -78,7 +145,8 @@ def sized_opt(size: int, do: int, cookie: bytes = b"") -> bytes:
     return opt
 
 
-def hit_wire(ln: Listener, data: bytes, tcp: bool, v6: bool, t0: float) -> bytes | bytearray | None:
+def hit_wire(router: Router, data: bytes, tcp: bool, v6: bool,
+             t0: float) -> bytes | bytearray | None:
     """The hit path: a reply from the cache for ``data``, read in place, or None (not a
     hit, or not a query this path reads: ``Listener.fresh`` decides).
 
@@ -119,7 +187,7 @@ def hit_wire(ln: Listener, data: bytes, tcp: bool, v6: bool, t0: float) -> bytes
     if data[3] & 0x10:  # CD
         flag |= 2
     name = data[12 : z + 1].lower()
-    r = ln.only or ln.route_name(name)
+    r = router.only or router.route_name(name)
     if r is None:
         return None
     cache = r.cache
