@@ -266,7 +266,8 @@ class Cache(Handler):
             req.meta["error"] = res.error
         e = res.entry
         if e is not None:
-            ttl = self.ttl_for(e, self.now())
+            # ttl_for, inlined (this runs once per miss)
+            ttl = e.orig_ttl if self._keepttl else e.orig_ttl - int(self.now() - e.stored)
             if ttl > 0:  # the entry's template, at this TTL (as the hit path answers)
                 if ttl != e.tpl_ttl:
                     e.set_ttl(ttl)
@@ -354,18 +355,21 @@ class Cache(Handler):
         kind = p.kind
         if kind == SUCCESS:
             off = self._off_success
-            ttl = _clamp(policy.min_ttl(p.rrs) if saved is None else saved[0],
-                         cfg.success.min_ttl, cfg.success.max_ttl)
+            ttl = policy.min_ttl(p.rrs) if saved is None else saved[0]
+            c = cfg.success
+        elif cfg.no_negcache:
+            return None
         else:
-            if cfg.no_negcache:
-                return None
             off = self._off_denial
             if kind == DENIAL:
-                ttl = _clamp(policy.denial_ttl(p.body, p.rrs) if saved is None else saved[0],
-                             cfg.denial.min_ttl, cfg.denial.max_ttl)
-            else:
+                ttl = policy.denial_ttl(p.body, p.rrs) if saved is None else saved[0]
+                c = cfg.denial
+            else:  # SERVFAIL: its own duration, no floor or cap
                 ttl = int(cfg.servfail) if saved is None else min(saved[0], int(cfg.servfail))
-        if ttl <= 0 or not self.store.accepts(SUCCESS if kind == SUCCESS else DENIAL):
+                c = None
+        if c is not None:  # (clamped inline: this runs once per miss)
+            ttl = c.max_ttl if ttl > c.max_ttl else c.min_ttl if ttl < c.min_ttl else ttl
+        if ttl <= 0 or self.store.caps[SUCCESS if kind == SUCCESS else DENIAL] <= 0:
             return None
         if off is not None and _within(q, off):
             return None
@@ -431,10 +435,6 @@ class Cache(Handler):
     def __repr__(self) -> str:
         s, d = self.store.sizes()
         return f"<Cache zones={self.zones} success={s} denial={d}>"
-
-
-def _clamp(ttl: int, lo: int, hi: int) -> int:
-    return hi if ttl > hi else lo if ttl < lo else ttl
 
 
 def _within_text(zone: str, zones: frozenset[bytes]) -> bool:

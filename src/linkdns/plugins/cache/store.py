@@ -251,9 +251,6 @@ class Store:
         """Every (key, entry), in the order they were stored (a copy: a snapshot reads it)."""
         return list(self.index.items())
 
-    def accepts(self, cls: int) -> bool:
-        return self.caps[cls] > 0
-
     def put(self, key: bytes, e: Entry) -> bool:
         """Store ``e`` under ``key`` (replacing any entry of either class). False if the class
         has no room at all (capacity 0)."""
