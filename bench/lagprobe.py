@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from linkdns import cli
 from linkdns.server import udp
-from linkdns.server.core import Server
+from linkdns.server.lifecycle import Server
 
 _mono = time.monotonic
 MIN_LAG = float(os.environ.get("LAGPROBE_MIN_MS", "2")) / 1000

@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from linkdns.cli import new_event_loop
 from linkdns.corefile import parse_corefile
-from linkdns.server.core import Server
+from linkdns.server.lifecycle import Server
 
 T = TypeVar("T")
 

@@ -26,7 +26,7 @@ from harness import free_port, http_get, query
 from linkdns.config import build_sites
 from linkdns.corefile import parse_corefile
 from linkdns.server import handover
-from linkdns.server.core import Server
+from linkdns.server.lifecycle import Server
 
 UPSTREAM_DELAY = 0.02  # every miss is in flight this long: there is always some in flight
 

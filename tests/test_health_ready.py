@@ -27,7 +27,7 @@ from linkdns.corefile import parse_corefile
 from linkdns.errors import ConfigError
 from linkdns.plugin import SetupPlugin
 from linkdns.plugins import health, ready
-from linkdns.server.core import Server
+from linkdns.server.lifecycle import Server
 
 # -- parsing -------------------------------------------------------------------------------
 

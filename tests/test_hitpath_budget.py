@@ -10,7 +10,7 @@ from fakeupstream import FakeUpstream
 from harness import Running
 
 import linkdns.request
-from linkdns.server.core import Server
+from linkdns.server.lifecycle import Server
 
 
 @pytest.mark.parametrize("edns", [False, True])

@@ -90,7 +90,7 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 def validate(path: str, dns_port: int, quiet: bool = False) -> int:
     from linkdns.corefile import load_corefile
-    from linkdns.server.core import Server
+    from linkdns.server.lifecycle import Server
 
     try:
         blocks = load_corefile(path)
@@ -127,8 +127,8 @@ async def serve(path: str, dns_port: int, drain: float, worker: Worker | None = 
                 node: nodelocal.NodeLocal | None = None, max_inflight: int = MAX_INFLIGHT,
                 handover: str = "") -> int:
     from linkdns.corefile import load_corefile
-    from linkdns.server.core import Server
     from linkdns.server.handover import HandoverError
+    from linkdns.server.lifecycle import Server
 
     try:
         blocks = load_corefile(path)

@@ -8,7 +8,7 @@ uid); the running instance runs its ``handover_hooks`` (e.g. the cache snapshot)
 every listening socket -- the DNS UDP and TCP sockets of every listener, the HTTP listeners
 of health, ready and prometheus -- with ``SCM_RIGHTS``; the successor starts its plugins,
 serves on those very sockets, takes the control path over (an atomic rename) and says
-"serving"; the old instance marks itself :attr:`~linkdns.server.core.Server.handed_over`.
+"serving"; the old instance marks itself :attr:`~linkdns.server.lifecycle.Server.handed_over`.
 
 From then on both processes read the same sockets: the kernel never sees a port unbound and
 keeps one queue per socket, which whichever process is left reads. When the old instance

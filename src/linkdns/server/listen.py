@@ -52,7 +52,7 @@ log = logging.getLogger("linkdns.server")
 #: slow-path queries in flight per listener (unbound's num-queries-per-thread): a UDP query
 #: over it is dropped and counted (reason ``flood``), a TCP one answered REFUSED
 MAX_INFLIGHT = 1024
-TCP_DRAIN_IDLE = 0.5  # at stop, a connection closes once idle this long (server/core.py)
+TCP_DRAIN_IDLE = 0.5  # at stop, a connection closes once idle this long (server/lifecycle.py)
 
 class Listener:
     """UDP + TCP on one (address, port), shared by every site bound there."""

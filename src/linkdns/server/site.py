@@ -9,19 +9,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from linkdns import http, plugin
 from linkdns.config import SiteConfig, build_sites
 from linkdns.corefile import load_corefile
 from linkdns.plugin import Handler, HitCache, SetupPlugin
-from linkdns.server.sockets import server_label
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
     from linkdns.clock import Clock
-    from linkdns.server.core import Server
     from linkdns.workers import Worker
 
 log = logging.getLogger("linkdns.server")
@@ -29,10 +27,43 @@ log = logging.getLogger("linkdns.server")
 C = TypeVar("C")
 
 
+class Owner(Protocol):
+    """What a Site uses of the server that owns it (server/lifecycle.py's Server)."""
+
+    registry: CollectorRegistry
+    clock: Clock
+    worker: Worker | None
+    started: asyncio.Event
+    stopping: bool
+    handed_over: bool
+    handover_hooks: list[Callable[[], None]]
+    source: str | None
+    dns_port: int
+    reuse_port: bool
+    sites: list[Site]
+    background: dict[str, asyncio.Task[Any]]
+    http_servers: dict[tuple[str, int], http.HTTPServer]
+    kept: dict[str, Any]
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]: ...
+
+    def fail(self, msg: str) -> None: ...
+
+    def port(self, host: str = "") -> int: ...
+
+    def take_inherited(self, key: tuple[str, str, int]) -> list[Any] | None: ...
+
+    def label(self, site: Site) -> str: ...
+
+    def expose_metrics(self) -> None: ...
+
+    async def reload(self, cfgs: list[SiteConfig]) -> None: ...
+
+
 class Site:
     """One server block at run time. Rebuildable: a reload makes a new Site and swaps it in."""
 
-    def __init__(self, cfg: SiteConfig, server: Server) -> None:
+    def __init__(self, cfg: SiteConfig, server: Owner) -> None:
         self.cfg = cfg
         self.server = server
         self.zones = cfg.zones
@@ -47,11 +78,6 @@ class Site:
         self.pre_hit: list[Handler] = []
         self.fast = False
         self._build()
-
-    @property
-    def shared(self) -> dict[str, Any]:
-        """State shared between sites of one server (e.g. one HTTP listener per address)."""
-        return self.server.shared
 
     # -- the plugins' environment (linkdns.plugin.Env) ----------------------------------------
 
@@ -89,32 +115,28 @@ class Site:
 
     def label(self) -> str:
         """The ``server`` label: the first listener that routes to this site (``dns://:53``)."""
-        names = sorted(
-            ln.name for ln in self.server.listeners.values()
-            if any(r.site is self for r in ln.routes.values())
-        )
-        if names:
-            return names[0]
-        return server_label(self.addrs[0] if self.addrs else "", self.port)
+        return self.server.label(self)
 
     def collector(self, key: str, make: Callable[[], C]) -> C:
         """The scrape-time collector stored under ``key``: made by ``make()`` and registered
         in the server's registry on first use, then shared by every block (and kept across a
         reload, so counts carry on)."""
-        c = self.shared.get(key)
+        kept = self.server.kept
+        c = kept.get(key)
         if c is None:
-            c = self.shared[key] = make()
+            c = kept[key] = make()
             registry: Any = self.registry
             registry.register(c)
         return c
 
     def find(self, key: str) -> Any:
-        return self.shared.get(key)
+        return self.server.kept.get(key)
 
     def keep(self, key: str, make: Callable[[], C]) -> C:
-        c = self.shared.get(key)
+        kept = self.server.kept
+        c = kept.get(key)
         if c is None:
-            c = self.shared[key] = make()
+            c = kept[key] = make()
         return c
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
@@ -130,7 +152,7 @@ class Site:
         self.server.fail(msg)
 
     def http(self, host: str, port: int) -> http.HTTPServer:
-        servers: dict[tuple[str, int], http.HTTPServer] = self.shared.setdefault("http", {})
+        servers = self.server.http_servers
         srv = servers.get((host, port))
         if srv is None:
             srv = servers[(host, port)] = http.HTTPServer(

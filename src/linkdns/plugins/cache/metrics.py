@@ -1,8 +1,8 @@
 """coredns_cache_* metrics: one custom collector per registry reads the caches' integers.
 
 The caches count in plain ints on the query path; this collector turns them into metric
-families when Prometheus scrapes. It is created once per ``site.registry`` (kept in
-``site.shared``), so several server blocks never register the same metric twice. A cache that
+families when Prometheus scrapes. It is created once per server (``env.collector``),
+so several server blocks never register the same metric twice. A cache that
 stops (reload, shutdown) folds its counters into the collector first, so counters stay
 monotonic across a reload.
 

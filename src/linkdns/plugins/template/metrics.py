@@ -1,8 +1,7 @@
 """coredns_template_* counters: plain integers, turned into samples when Prometheus scrapes.
 
 Names, help texts and labels are CoreDNS's (plugin/template/metrics.go); ``view`` is always
-empty (linkdns has no *view* plugin). One collector per server registry (``env.collector``),
-``site.shared``, so every block of a server counts into the same rows and the counts outlive
+empty (linkdns has no *view* plugin). One collector per server (``env.collector``), so every block of a server counts into the same rows and the counts outlive
 a handler.
 """
 

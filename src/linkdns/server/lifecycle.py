@@ -1,4 +1,5 @@
-"""Server: builds sites from the Corefile, owns listeners and tasks, starts and drains them.
+"""The server's lifecycle: builds sites from the Corefile, owns listeners and tasks, starts,
+reloads, hands over and drains them, and runs one query's chain (the slow path's end).
 
 Lifecycle (uvicorn's order): take the sockets over from a predecessor (hand-over, when on)
 -> start plugins -> bind listeners (or serve the inherited sockets) -> serve -> on stop: stop
@@ -16,7 +17,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 
-from linkdns import plugin, wire, workers
+from linkdns import http, plugin, wire, workers
 from linkdns.clock import Clock
 from linkdns.config import SiteConfig, build_sites
 from linkdns.corefile import ServerBlock
@@ -26,6 +27,7 @@ from linkdns.server.frontdoor import Route
 from linkdns.server.listen import MAX_INFLIGHT, TCP_DRAIN_IDLE, Listener
 from linkdns.server.metrics import ServerCollector
 from linkdns.server.site import Site
+from linkdns.server.sockets import server_label
 from linkdns.server.stats import ServerStats
 from linkdns.server.tcp import TCPProtocol, tcp_limit
 from linkdns.server.udp import UDPProtocol
@@ -47,7 +49,10 @@ class Server:
         max_inflight: int = MAX_INFLIGHT,
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
-        self.shared: dict[str, Any] = {}
+        #: the HTTP listeners by (host, port), one each for every block (plugin.Env.http)
+        self.http_servers: dict[tuple[str, int], http.HTTPServer] = {}
+        #: what plugins keep for the whole server, by their key (plugin.Env.collector/keep)
+        self.kept: dict[str, Any] = {}
         #: the clock plugins age entries by; tests advance it
         self.clock = Clock()
         self.stats = ServerStats()
@@ -163,8 +168,7 @@ class Server:
         out: list[tuple[handover.Key, int]] = []
         for (host, port), ln in self.listeners.items():
             out.extend((("dns", host, port), fd) for fd in ln.fds())
-        http_servers: dict[tuple[str, int], Any] = self.shared.get("http", {})
-        for (host, port), srv in http_servers.items():
+        for (host, port), srv in self.http_servers.items():
             if srv.want_port:
                 out.extend((("http", host, port), fd) for fd in srv.fds())
         return out
@@ -278,8 +282,7 @@ class Server:
 
     def _stop_reading(self) -> None:
         if self.handed_over:
-            http_servers: dict[tuple[str, int], Any] = self.shared.get("http", {})
-            for srv in http_servers.values():
+            for srv in self.http_servers.values():
                 srv.stop_accepting()  # the successor answers every probe from now on
         for ln in self.listeners.values():
             ln.stop_accepting()
@@ -309,6 +312,16 @@ class Server:
             log.warning("cancelled %d queries still in flight after %.1fs",
                         len(pending), self.drain_timeout)
             await asyncio.gather(*pending, return_exceptions=True)
+
+    def label(self, site: Site) -> str:
+        """The ``server`` label of ``site``: the first listener that routes to it."""
+        names = sorted(
+            ln.name for ln in self.listeners.values()
+            if any(r.site is site for r in ln.routes.values())
+        )
+        if names:
+            return names[0]
+        return server_label(site.addrs[0] if site.addrs else "", site.port)
 
     def expose_metrics(self) -> None:
         """Register the server's own collector (coredns_dns_* ...), once."""
