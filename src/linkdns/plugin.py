@@ -20,7 +20,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
-from linkdns import http, wire
+from linkdns import http, values, wire
 from linkdns.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -273,6 +273,54 @@ def load_builtin() -> None:
 
 
 # Helpers for parse functions -------------------------------------------------------------
+
+
+class Args:
+    """Argument helpers for one plugin's ``parse`` (what Caddy's Dispenser offers CoreDNS):
+    every error is a ConfigError at the directive's FILE:LINE, named for this plugin even
+    when the directive is one of its sub-directives (``cache { prefetch ... }``)."""
+
+    __slots__ = ("plugin",)
+
+    def __init__(self, plugin: str) -> None:
+        self.plugin = plugin
+
+    def err(self, d: Directive, msg: str) -> ConfigError:
+        return ConfigError(msg, d.file, d.line, self.plugin)
+
+    def argc(self, d: Directive) -> ConfigError:
+        """CoreDNS's wording for a wrong number of arguments."""
+        return self.err(d, f"Wrong argument count or unexpected line ending after '{d.name}'")
+
+    def zones(self, d: Directive, args: Iterable[str]) -> list[str]:
+        """The zones ``args`` name (server-key syntax, reverse CIDRs expanded), in order, once
+        each."""
+        from linkdns.corefile import parse_server_key
+
+        out: list[str] = []
+        try:
+            for a in args:
+                for k in parse_server_key(a, d.file, d.line):
+                    if k.zone not in out:
+                        out.append(k.zone)
+        except ConfigError as e:
+            raise self.err(d, e.msg) from None
+        return out
+
+    def duration(self, d: Directive, text: str, msg: str) -> float:
+        """``text`` as a Go duration in seconds; ``msg`` is the error if it is not one."""
+        try:
+            return values.parse_duration(text)
+        except ValueError:
+            raise self.err(d, msg) from None
+
+    def integer(self, d: Directive, text: str, msg: str) -> int:
+        """``text`` as a decimal integer; ``msg`` is the error if it is not one."""
+        try:
+            return int(text, 10)
+        except ValueError:
+            raise self.err(d, msg) from None
+
 
 
 def err(d: Directive, msg: str) -> ConfigError:

@@ -30,10 +30,9 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from linkdns import plugin, wire
-from linkdns.corefile import Directive, parse_server_key
-from linkdns.errors import ConfigError
+from linkdns.corefile import Directive
 from linkdns.metrics import VIEW
-from linkdns.plugin import Handler, PluginSpec, register, zone_match
+from linkdns.plugin import Args, Handler, PluginSpec, register, zone_match
 from linkdns.request import Request
 from linkdns.writer import Writer
 
@@ -41,6 +40,7 @@ if TYPE_CHECKING:
     from linkdns.plugin import Env
 
 log = logging.getLogger("linkdns.plugin.acl")
+_A = Args("acl")
 
 ALLOW, BLOCK, FILTER, DROP = "allow", "block", "filter", "drop"
 ACTIONS = (ALLOW, BLOCK, FILTER, DROP)
@@ -100,8 +100,6 @@ class Rule:
 # -- parsing ---------------------------------------------------------------------------------
 
 
-def _err(d: Directive, msg: str) -> ConfigError:
-    return ConfigError(msg, d.file, d.line, "acl")
 
 
 def _net(d: Directive, token: str) -> Net:
@@ -113,17 +111,17 @@ def _net(d: Directive, token: str) -> Net:
             raise ValueError(bits)
         n = ipaddress.ip_network(f"{addr}/{bits}", strict=False)
     except ValueError:
-        raise _err(d, f'illegal CIDR notation "{text}"') from None
+        raise _A.err(d, f'illegal CIDR notation "{text}"') from None
     return n.version, int(n.network_address), int(n.netmask)
 
 
 def _policy(d: Directive) -> Policy:
     action = d.name.lower()
     if action not in ACTIONS:
-        raise _err(d, f"unexpected token \"{d.name}\"; expect 'allow', 'block', 'filter' or "
+        raise _A.err(d, f"unexpected token \"{d.name}\"; expect 'allow', 'block', 'filter' or "
                       "'drop'")
     if d.block is not None:
-        raise _err(d, f"unexpected block after '{d.name}'")
+        raise _A.err(d, f"unexpected block after '{d.name}'")
     qtypes: set[int] | None = None
     nets: list[Net] | None = None
     any_type = any_net = False
@@ -131,12 +129,12 @@ def _policy(d: Directive) -> Policy:
     while args:
         section = args.pop(0).lower()
         if section not in ("type", "net"):
-            raise _err(d, f"unexpected token \"{section}\"; expect 'type | net'")
+            raise _A.err(d, f"unexpected token \"{section}\"; expect 'type | net'")
         tokens: list[str] = []
         while args and args[0].lower() not in ("type", "net"):
             tokens.append(args.pop(0))
         if not tokens:
-            raise _err(d, f'no token specified in "{section}" section')
+            raise _A.err(d, f'no token specified in "{section}" section')
         if section == "type":
             qtypes = set() if qtypes is None else qtypes
             for tok in tokens:
@@ -144,7 +142,7 @@ def _policy(d: Directive) -> Policy:
                     any_type = True
                     break  # as CoreDNS: what follows '*' in this section is not read
                 if tok not in QTYPES:
-                    raise _err(d, f'unexpected token "{tok}"; expect legal QTYPE')
+                    raise _A.err(d, f'unexpected token "{tok}"; expect legal QTYPE')
                 qtypes.add(QTYPES[tok])
         else:
             nets = [] if nets is None else nets
@@ -160,22 +158,9 @@ def _policy(d: Directive) -> Policy:
     )
 
 
-def _zones(d: Directive) -> list[str] | None:
-    if not d.args:
-        return None
-    out: list[str] = []
-    for a in d.args:
-        try:
-            keys = parse_server_key(a, d.file, d.line)
-        except ConfigError as e:
-            raise _err(d, e.msg) from None
-        out.extend(k.zone for k in keys if k.zone not in out)
-    return out
-
-
 def parse(d: Directive) -> Rule:
     """One ``acl [ZONES...] { ... }`` directive."""
-    rule = Rule(_zones(d))
+    rule = Rule(_A.zones(d, d.args) if d.args else None)
     for sub in d.block or []:
         rule.policies.append(_policy(sub))
     return rule

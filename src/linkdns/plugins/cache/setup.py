@@ -24,9 +24,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from linkdns import values
-from linkdns.corefile import Directive, parse_server_key
+from linkdns.corefile import Directive
 from linkdns.errors import ConfigError
+from linkdns.plugin import Args
+
+_A = Args("cache")
 
 DEFAULT_CAP = 9984  # CoreDNS: 256 shards x 39
 MAX_TTL = 3600
@@ -71,80 +73,61 @@ class CacheConfig:
     snapshot_at: tuple[str, int] = ("", 0)
 
 
-def _fail(d: Directive, msg: str) -> ConfigError:
-    return ConfigError(msg, d.file, d.line, "cache")
 
 
-def _argc(d: Directive) -> ConfigError:
-    return _fail(d, f"Wrong argument count or unexpected line ending after '{d.name}'")
 
 
 def _int(d: Directive, text: str, what: str) -> int:
-    try:
-        return int(text, 10)
-    except ValueError:
-        raise _fail(d, f"invalid {what} {text!r}: not an integer") from None
+    return _A.integer(d, text, f"invalid {what} {text!r}: not an integer")
 
 
 def _duration(d: Directive, text: str, what: str) -> float:
-    try:
-        return values.parse_duration(text)
-    except ValueError:
-        raise _fail(d, f"invalid {what} duration {text!r}") from None
-
-
-def _zones(d: Directive, args: list[str]) -> list[str]:
-    out: list[str] = []
-    for a in args:
-        for k in parse_server_key(a, d.file, d.line):
-            if k.zone not in out:
-                out.append(k.zone)
-    return out
+    return _A.duration(d, text, f"invalid {what} duration {text!r}")
 
 
 def _class(d: Directive, cfg: ClassConfig) -> ClassConfig:
     """``success|denial CAPACITY [TTL [MINTTL]]``"""
     if not 1 <= len(d.args) <= 3:
-        raise _argc(d)
+        raise _A.argc(d)
     cap = _int(d, d.args[0], "capacity")
     if cap < 0:
-        raise _fail(d, f"cache capacity can not be negative: {cap}")
+        raise _A.err(d, f"cache capacity can not be negative: {cap}")
     out = ClassConfig(cap, cfg.max_ttl, cfg.min_ttl)
     if len(d.args) > 1:
         ttl = _int(d, d.args[1], "TTL")
         if ttl <= 0:
-            raise _fail(d, f"cache TTL can not be zero or negative: {ttl}")
+            raise _A.err(d, f"cache TTL can not be zero or negative: {ttl}")
         out.max_ttl = ttl
     if len(d.args) > 2:
         minttl = _int(d, d.args[2], "min TTL")
         if minttl < 0:
-            raise _fail(d, f"cache min TTL can not be negative: {minttl}")
+            raise _A.err(d, f"cache min TTL can not be negative: {minttl}")
         out.min_ttl = minttl
     return out
 
 
 def _prefetch(d: Directive, cfg: CacheConfig) -> None:
     if not 1 <= len(d.args) <= 3:
-        raise _argc(d)
+        raise _A.argc(d)
     amount = _int(d, d.args[0], "prefetch amount")
     if amount < 0:
-        raise _fail(d, f"prefetch amount should be positive: {amount}")
+        raise _A.err(d, f"prefetch amount should be positive: {amount}")
     cfg.prefetch = amount
     if len(d.args) > 1:
         cfg.prefetch_window = _duration(d, d.args[1], "prefetch")
     if len(d.args) > 2:
         pct = d.args[2]
         if not pct.endswith("%"):
-            raise _fail(d, f"last character of percentage should be `%`, but is: {pct[-1]!r}")
+            raise _A.err(d, f"last character of percentage should be `%`, but is: {pct[-1]!r}")
         num = _int(d, pct[:-1], "percentage")
         if not 10 <= num <= 90:
-            raise _fail(d, f"percentage should fall in range [10, 90]: {num}")
+            raise _A.err(d, f"percentage should fall in range [10, 90]: {num}")
         cfg.prefetch_percentage = num
 
 
 def _serve_stale(d: Directive, cfg: CacheConfig) -> None:
     if len(d.args) > 2:
-        raise _argc(d)
+        raise _A.argc(d)
     cfg.stale = STALE_DEFAULT
     if d.args:
         cfg.stale = _duration(d, d.args[0], "serve_stale")
@@ -152,35 +135,35 @@ def _serve_stale(d: Directive, cfg: CacheConfig) -> None:
     if len(d.args) > 1:
         mode = d.args[1].lower()
         if mode not in ("immediate", "verify"):
-            raise _fail(d, f"invalid value for serve_stale refresh mode: {d.args[1]}")
+            raise _A.err(d, f"invalid value for serve_stale refresh mode: {d.args[1]}")
         cfg.stale_verify = mode == "verify"
 
 
 def _servfail(d: Directive, cfg: CacheConfig) -> None:
     if len(d.args) != 1:
-        raise _argc(d)
+        raise _A.argc(d)
     ttl = _duration(d, d.args[0], "servfail")
     if ttl > SERVFAIL_MAX:
-        raise _fail(d, "caching SERVFAIL responses over 5 minutes is not permitted")
+        raise _A.err(d, "caching SERVFAIL responses over 5 minutes is not permitted")
     cfg.servfail = ttl
 
 
 def _disable(d: Directive, cfg: CacheConfig) -> None:
     if not d.args:
-        raise _argc(d)
+        raise _A.argc(d)
     kind = d.args[0]
-    zones = _zones(d, d.args[1:]) if len(d.args) > 1 else ["."]
+    zones = _A.zones(d, d.args[1:]) if len(d.args) > 1 else ["."]
     if kind == "success":
         cfg.disable_success = zones
     elif kind == "denial":
         cfg.disable_denial = zones
     else:
-        raise _fail(d, 'cache type for disable must be "success" or "denial"')
+        raise _A.err(d, 'cache type for disable must be "success" or "denial"')
 
 
 def _flag(d: Directive) -> None:
     if d.args:
-        raise _argc(d)
+        raise _A.argc(d)
 
 
 def parse(d: Directive) -> CacheConfig:
@@ -193,15 +176,15 @@ def parse(d: Directive) -> CacheConfig:
             pass  # not a number: a zone
         else:
             if ttl <= 0:
-                raise _fail(d, f"cache TTL can not be zero or negative: {ttl}")
+                raise _A.err(d, f"cache TTL can not be zero or negative: {ttl}")
             cfg.success.max_ttl = ttl
             cfg.denial.max_ttl = ttl
             args = args[1:]
     if args:
-        cfg.zones = _zones(d, args)
+        cfg.zones = _A.zones(d, args)
     for sub in d.block or []:
         if sub.block is not None:
-            raise _fail(sub, f"'{sub.name}' takes no block")
+            raise _A.err(sub, f"'{sub.name}' takes no block")
         name = sub.name
         if name == "success":
             cfg.success = _class(sub, cfg.success)
@@ -223,25 +206,25 @@ def parse(d: Directive) -> CacheConfig:
             cfg.no_negcache = True
         elif name == "aa":
             if len(sub.args) != 1:
-                raise _argc(sub)
+                raise _A.argc(sub)
             if sub.args[0] not in AA_POLICIES:
-                raise _fail(sub, f"aa must be one of keep, set, clear, not {sub.args[0]!r}")
+                raise _A.err(sub, f"aa must be one of keep, set, clear, not {sub.args[0]!r}")
             cfg.aa = sub.args[0]
         elif name == "snapshot":
             _snapshot(sub, cfg)
         else:
-            raise _fail(sub, f"unknown property '{name}'")
+            raise _A.err(sub, f"unknown property '{name}'")
     return cfg
 
 
 def _snapshot(d: Directive, cfg: CacheConfig) -> None:
     if len(d.args) != 1:
-        raise _argc(d)
+        raise _A.argc(d)
     path = d.args[0]
     if not os.path.isabs(path):
-        raise _fail(d, f"snapshot file must be an absolute path, not {path!r}")
+        raise _A.err(d, f"snapshot file must be an absolute path, not {path!r}")
     if path.endswith("/"):
-        raise _fail(d, f"snapshot file must name a file, not a directory: {path!r}")
+        raise _A.err(d, f"snapshot file must name a file, not a directory: {path!r}")
     cfg.snapshot = os.path.normpath(path)
     cfg.snapshot_at = (d.file, d.line)
 

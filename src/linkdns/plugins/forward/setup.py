@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from linkdns import values, wire
 from linkdns.corefile import Directive, parse_server_key
 from linkdns.errors import ConfigError, WireError
+from linkdns.plugin import Args
+
+_A = Args("forward")
 
 MAX_UPSTREAMS = 15
 DNS_PORT = 53
@@ -76,30 +79,26 @@ class ForwardConfig:
     ssl_context: ssl.SSLContext | None = None
 
 
-def _err(d: Directive, msg: str) -> ConfigError:
-    return ConfigError(msg, d.file, d.line, "forward")
 
 
-def _argc(d: Directive) -> ConfigError:
-    return _err(d, f"Wrong argument count or unexpected line ending after '{d.name}'")
 
 
 def normalize_zone(d: Directive, text: str) -> str:
     try:
         return parse_server_key(text, d.file, d.line)[0].zone
     except ConfigError:
-        raise _err(d, f"unable to normalize '{text}'") from None
+        raise _A.err(d, f"unable to normalize '{text}'") from None
 
 
 def parse(d: Directive) -> ForwardConfig:
     """One ``forward`` line (and its block). Raises ConfigError with file:line."""
     if len(d.args) < 2:
-        raise _argc(d)
+        raise _A.argc(d)
     cfg = ForwardConfig(file=d.file, line=d.line)
     cfg.from_zone = normalize_zone(d, d.args[0])
     cfg.upstreams = parse_to(d, d.args[1:])
     if len(cfg.upstreams) > MAX_UPSTREAMS:
-        raise _err(d, f"more than {MAX_UPSTREAMS} TOs configured: {len(cfg.upstreams)}")
+        raise _A.err(d, f"more than {MAX_UPSTREAMS} TOs configured: {len(cfg.upstreams)}")
     for sub in d.block or []:
         _option(sub, cfg)
     if cfg.ssl_context is None and any(u.tls for u in cfg.upstreams):
@@ -116,7 +115,7 @@ def parse_to(d: Directive, args: list[str]) -> list[UpstreamSpec]:
             scheme, rest = arg.split("://", 1)
             scheme = scheme.lower()
             if scheme not in ("dns", "tls"):
-                raise _err(d, f"'{scheme}' is not supported as a destination protocol "
+                raise _A.err(d, f"'{scheme}' is not supported as a destination protocol "
                               f"in forward: {arg}")
         tls = scheme == "tls"
         try:
@@ -127,12 +126,12 @@ def parse_to(d: Directive, args: list[str]) -> list[UpstreamSpec]:
         if ip is None:
             servers = _resolv_conf(rest)
             if servers is None:
-                raise _err(d, f'not an IP address or file: "{rest}"')
+                raise _A.err(d, f'not an IP address or file: "{rest}"')
             out.extend(UpstreamSpec(s, DNS_PORT, tls) for s in servers)
             continue
         out.append(UpstreamSpec(ip, port, tls))
     if not out:
-        raise _err(d, "no nameservers found")
+        raise _A.err(d, "no nameservers found")
     return out
 
 
@@ -164,32 +163,26 @@ def _resolv_conf(path: str) -> list[str] | None:
 
 
 def _duration(sub: Directive, text: str) -> float:
-    try:
-        return values.parse_duration(text)
-    except ValueError:
-        raise _err(sub, f"{sub.name}: invalid duration {text!r}") from None
+    return _A.duration(sub, text, f"{sub.name}: invalid duration {text!r}")
 
 
 def _int(sub: Directive, text: str, lo: int = 0, hi: int = 2**31 - 1) -> int:
-    try:
-        n = int(text, 10)
-    except ValueError:
-        raise _err(sub, f"{sub.name}: invalid integer {text!r}") from None
+    n = _A.integer(sub, text, f"{sub.name}: invalid integer {text!r}")
     if n < 0:
-        raise _err(sub, f"{sub.name} can't be negative: {n}")
+        raise _A.err(sub, f"{sub.name} can't be negative: {n}")
     if not lo <= n <= hi:
-        raise _err(sub, f"{sub.name} must be between {lo} and {hi}: {n}")
+        raise _A.err(sub, f"{sub.name} must be between {lo} and {hi}: {n}")
     return n
 
 
 def _rcodes(sub: Directive) -> frozenset[int]:
     if not sub.args:
-        raise _argc(sub)
+        raise _A.argc(sub)
     out = set()
     for a in sub.args:
         rc = RCODES.get(a.upper())
         if rc is None:
-            raise _err(sub, f"{a} is not a valid rcode")
+            raise _A.err(sub, f"{a} is not a valid rcode")
         out.add(rc)
     return frozenset(out)
 
@@ -197,19 +190,19 @@ def _rcodes(sub: Directive) -> frozenset[int]:
 def _option(sub: Directive, cfg: ForwardConfig) -> None:
     name, args = sub.name, sub.args
     if sub.block:
-        raise _err(sub, f"'{name}' takes no block")
+        raise _A.err(sub, f"'{name}' takes no block")
     flags = {"force_tcp", "prefer_udp", "failfast_all_unhealthy_upstreams"}
     single = {"max_fails", "expire", "policy", "max_concurrent", "tls_servername", "bufsize",
               "max_connect_attempts", "max_age", "max_idle_conns", "read_timeout",
               "query_timeout"}
     if name in flags and args:
-        raise _argc(sub)
+        raise _A.argc(sub)
     if name in single and len(args) != 1:
-        raise _argc(sub)
+        raise _A.argc(sub)
     match name:
         case "except":
             if not args:
-                raise _argc(sub)
+                raise _A.argc(sub)
             cfg.ignored.extend(normalize_zone(sub, a) for a in args)
         case "force_tcp":
             cfg.force_tcp = True
@@ -234,17 +227,17 @@ def _option(sub: Directive, cfg: ForwardConfig) -> None:
         case "read_timeout" | "query_timeout":
             t = _duration(sub, args[0])
             if t <= 0:
-                raise _err(sub, f"{name} must be positive: {args[0]}")
+                raise _A.err(sub, f"{name} must be positive: {args[0]}")
             setattr(cfg, name, t)
         case "policy":
             if args[0] not in ("random", "round_robin", "sequential"):
-                raise _err(sub, f"unknown policy '{args[0]}'")
+                raise _A.err(sub, f"unknown policy '{args[0]}'")
             cfg.policy = args[0]
         case "health_check":
             _health_check(sub, cfg)
         case "tls":
             if len(args) > 3:
-                raise _argc(sub)
+                raise _A.argc(sub)
             cfg.tls_args = list(args)
             cfg.ssl_context = tls_context(sub, cfg.tls_args)
         case "tls_servername":
@@ -255,18 +248,18 @@ def _option(sub: Directive, cfg: ForwardConfig) -> None:
             cfg.next_rcodes = _rcodes(sub)
         case "min_max_dial_timeout":
             if len(args) != 2:
-                raise _argc(sub)
+                raise _A.argc(sub)
             lo, hi = _duration(sub, args[0]), _duration(sub, args[1])
             if lo <= 0 or hi < lo:
-                raise _err(sub, f"{name}: need 0 < min <= max, got {args[0]} {args[1]}")
+                raise _A.err(sub, f"{name}: need 0 < min <= max, got {args[0]} {args[1]}")
             cfg.min_dial_timeout, cfg.max_dial_timeout = lo, hi
         case _:
-            raise _err(sub, f"unknown property '{name}'")
+            raise _A.err(sub, f"unknown property '{name}'")
 
 
 def _health_check(sub: Directive, cfg: ForwardConfig) -> None:
     if not sub.args:
-        raise _argc(sub)
+        raise _A.argc(sub)
     cfg.hc_interval = _duration(sub, sub.args[0])
     cfg.hc_domain = "."
     rest = sub.args[1:]
@@ -276,15 +269,15 @@ def _health_check(sub: Directive, cfg: ForwardConfig) -> None:
             cfg.hc_recursion = False
         elif opt == "domain":
             if not rest:
-                raise _argc(sub)
+                raise _A.argc(sub)
             dom = rest.pop(0)
             try:
                 wire.text_to_name(dom)
             except (WireError, UnicodeEncodeError):
-                raise _err(sub, f"health_check: invalid domain name {dom}") from None
+                raise _A.err(sub, f"health_check: invalid domain name {dom}") from None
             cfg.hc_domain = dom.lower() if dom.endswith(".") else dom.lower() + "."
         else:
-            raise _err(sub, f"health_check: unknown option {opt}")
+            raise _A.err(sub, f"health_check: unknown option {opt}")
 
 
 def tls_context(d: Directive, args: list[str]) -> ssl.SSLContext:
@@ -295,5 +288,5 @@ def tls_context(d: Directive, args: list[str]) -> ssl.SSLContext:
         if len(args) >= 2:
             ctx.load_cert_chain(args[0], args[1])
     except (OSError, ssl.SSLError) as e:
-        raise _err(d, f"tls: {e}") from None
+        raise _A.err(d, f"tls: {e}") from None
     return ctx

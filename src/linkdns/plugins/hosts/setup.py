@@ -22,9 +22,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from linkdns import values
-from linkdns.corefile import Directive, parse_server_key
-from linkdns.errors import ConfigError
-from linkdns.plugin import PluginSpec, register
+from linkdns.corefile import Directive
+from linkdns.plugin import Args, PluginSpec, register
 from linkdns.plugins.hosts.handler import Hosts, Options
 from linkdns.plugins.hosts.hostsfile import parse_hosts, parse_ip
 
@@ -32,6 +31,7 @@ if TYPE_CHECKING:
     from linkdns.plugin import Env
 
 log = logging.getLogger("linkdns.plugin.hosts")
+_A = Args("hosts")
 
 DEFAULT_PATH = "/etc/hosts"
 _ATOI = re.compile(r"[+-]?[0-9]+")
@@ -50,15 +50,8 @@ class HostsConfig:
     fall: tuple[str, ...] | None = None
 
 
-def _err(d: Directive, msg: str) -> ConfigError:
-    return ConfigError(msg, d.file, d.line, "hosts")
 
 
-def _zones(d: Directive, args: list[str]) -> tuple[str, ...]:
-    try:
-        return tuple(k.zone for a in args for k in parse_server_key(a, d.file, d.line))
-    except ConfigError as e:
-        raise _err(d, e.msg) from None
 
 
 def _check_file(d: Directive, path: str) -> None:
@@ -69,32 +62,32 @@ def _check_file(d: Directive, path: str) -> None:
         log.warning("File does not exist: %s", path)
         return
     except OSError as e:
-        raise _err(d, f"unable to access hosts file '{path}': {e.strerror}") from None
+        raise _A.err(d, f"unable to access hosts file '{path}': {e.strerror}") from None
     if stat.S_ISDIR(st.st_mode):
         log.warning('Hosts file "%s" is a directory', path)
 
 
 def _ttl(sub: Directive) -> int:
     if not sub.args:
-        raise _err(sub, "ttl needs a time in second")
+        raise _A.err(sub, "ttl needs a time in second")
     if not _ATOI.fullmatch(sub.args[0]):
-        raise _err(sub, "ttl needs a number of second")
+        raise _A.err(sub, "ttl needs a number of second")
     ttl = int(sub.args[0])
     if ttl <= 0 or ttl > 65535:
-        raise _err(sub, "ttl provided is invalid")
+        raise _A.err(sub, "ttl provided is invalid")
     return ttl
 
 
 def _reload(sub: Directive) -> float:
     if len(sub.args) != 1:
-        raise _err(sub, "reload needs a duration (zero seconds to disable)")
+        raise _A.err(sub, "reload needs a duration (zero seconds to disable)")
     text = sub.args[0]
     try:
         secs = values.parse_duration(text.removeprefix("-"))
     except ValueError:
-        raise _err(sub, f"invalid duration for reload '{text}'") from None
+        raise _A.err(sub, f"invalid duration for reload '{text}'") from None
     if text.startswith("-") and secs > 0:
-        raise _err(sub, f"invalid negative duration for reload '{text}'")
+        raise _A.err(sub, f"invalid negative duration for reload '{text}'")
     return secs
 
 
@@ -106,18 +99,18 @@ def parse(d: Directive) -> HostsConfig:
         if not os.path.isabs(path):  # CoreDNS joins the *root* folder; here the Corefile's
             path = os.path.join(os.path.dirname(os.path.abspath(d.file)), path)
         _check_file(d, path)
-    origins = _zones(d, args) if args else None
+    origins = tuple(_A.zones(d, args)) if args else None
     ttl, reload, reverse = 3600, 5.0, True
     fall: tuple[str, ...] | None = None
     inline: list[str] = []
     for sub in d.block or []:
         if sub.block is not None:
-            raise _err(sub, f"'{sub.name}' takes no block")
+            raise _A.err(sub, f"'{sub.name}' takes no block")
         if sub.name == "fallthrough":
-            fall = _zones(sub, sub.args) if sub.args else (".",)
+            fall = tuple(_A.zones(sub, sub.args)) if sub.args else (".",)
         elif sub.name == "no_reverse":
             if sub.args:
-                raise _err(sub, "Wrong argument count or unexpected line ending after "
+                raise _A.err(sub, "Wrong argument count or unexpected line ending after "
                                 "'no_reverse'")
             reverse = False
         elif sub.name == "ttl":
@@ -130,7 +123,7 @@ def parse(d: Directive) -> HostsConfig:
                             sub.file, sub.line, " ".join([sub.name, *sub.args]))
             inline.append(" ".join([sub.name, *sub.args]))
         else:
-            raise _err(sub, f"unknown property '{sub.name}'")
+            raise _A.err(sub, f"unknown property '{sub.name}'")
     return HostsConfig(path, origins, tuple(inline), ttl, reload, reverse, fall)
 
 

@@ -19,15 +19,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from linkdns import wire
-from linkdns.corefile import Directive, parse_server_key
-from linkdns.errors import ConfigError
-from linkdns.plugin import PluginSpec, register
+from linkdns.corefile import Directive
+from linkdns.plugin import Args, PluginSpec, register
 from linkdns.plugins.template.gotmpl import Template, TemplateError
 from linkdns.plugins.template.handler import Rule, TemplateHandler
 from linkdns.request import class_name, type_name
 
 if TYPE_CHECKING:
     from linkdns.plugin import Env
+
+_A = Args("template")
 
 #: CoreDNS's hard limit on a regex pattern (setup.go maxRegexpLen).
 MAX_REGEX_LEN = 10000
@@ -55,83 +56,74 @@ class TemplateConfig:
     fall: tuple[str, ...] | None
 
 
-def _err(d: Directive, msg: str) -> ConfigError:
-    return ConfigError(msg, d.file, d.line, "template")
 
 
-def arg_count_error(d: Directive) -> ConfigError:
-    return _err(d, f"Wrong argument count or unexpected line ending after '{d.name}'")
 
 
-def _zones(d: Directive, args: list[str]) -> tuple[str, ...]:
-    try:
-        return tuple(k.zone for a in args for k in parse_server_key(a, d.file, d.line))
-    except ConfigError as e:
-        raise _err(d, e.msg) from None
 
 
 def go_regex(d: Directive, pattern: str) -> re.Pattern[str]:
     """Compile a Go RE2 pattern with Python's re: ``(?<name>`` becomes ``(?P<name>`` and
     ``\\z`` becomes ``\\Z``; the rest is read as Python reads it."""
     if len(pattern) > MAX_REGEX_LEN:
-        raise _err(d, f"regex pattern too long: {len(pattern)} > {MAX_REGEX_LEN}")
+        raise _A.err(d, f"regex pattern too long: {len(pattern)} > {MAX_REGEX_LEN}")
     text = re.sub(r"\(\?<(?=[A-Za-z_])", "(?P<", pattern)
     text = re.sub(r"(?<!\\)((?:\\\\)*)\\z", r"\1\\Z", text)
     try:
         return re.compile(text)
     except re.error as e:
-        raise _err(d, f"could not parse regex: {pattern}, {e}") from None
+        raise _A.err(d, f"could not parse regex: {pattern}, {e}") from None
 
 
 def _templates(sub: Directive, section: str) -> list[Template]:
     if not sub.args:
-        raise arg_count_error(sub)
+        raise _A.argc(sub)
     out = []
     for text in sub.args:
         try:
             out.append(Template(text))
         except TemplateError as e:
-            raise _err(sub, f"could not compile template: {section}, {e}") from None
+            raise _A.err(sub, f"could not compile template: {section}, {e}") from None
     return out
 
 
 def parse(d: Directive) -> TemplateConfig:
     if len(d.args) < 2:
-        raise arg_count_error(d)
+        raise _A.argc(d)
     qclass = _CLASSES.get(d.args[0])
     if qclass is None:
-        raise _err(d, f"invalid query class {d.args[0]}")
+        raise _A.err(d, f"invalid query class {d.args[0]}")
     qtype = _TYPES.get(d.args[1])
     if qtype is None:
-        raise _err(d, f"invalid RR class {d.args[1]}")  # CoreDNS's wording
-    zones = _zones(d, d.args[2:]) if len(d.args) > 2 else None
+        raise _A.err(d, f"invalid RR class {d.args[1]}")  # CoreDNS's wording
+    zones = tuple(_A.zones(d, d.args[2:])) if len(d.args) > 2 else None
     regex: list[re.Pattern[str]] = []
     sections: dict[str, list[Template]] = {"answer": [], "additional": [], "authority": []}
     rcode = wire.NOERROR
     fall: tuple[str, ...] | None = None
     for sub in d.block or []:
         if sub.block is not None:
-            raise _err(sub, f"'{sub.name}' takes no block")
+            raise _A.err(sub, f"'{sub.name}' takes no block")
         if sub.name == "match":
             if not sub.args:
-                raise arg_count_error(sub)
+                raise _A.argc(sub)
             regex.extend(go_regex(sub, a) for a in sub.args)
         elif sub.name in sections:
             sections[sub.name].extend(_templates(sub, sub.name))
         elif sub.name == "rcode":
             if len(sub.args) != 1:
-                raise arg_count_error(sub)
+                raise _A.argc(sub)
             if sub.args[0] not in _RCODES:
-                raise _err(sub, f"unknown rcode {sub.args[0]}")
+                raise _A.err(sub, f"unknown rcode {sub.args[0]}")
             rcode = _RCODES[sub.args[0]]
         elif sub.name == "fallthrough":
-            fall = _zones(sub, sub.args) if sub.args else (".",)
+            fall = tuple(_A.zones(sub, sub.args)) if sub.args else (".",)
         elif sub.name == "upstream":
             pass  # CoreDNS: deprecated, arguments ignored
         elif sub.name in _UNSUPPORTED:
-            raise _err(sub, f"'{sub.name}' is not supported by linkdns's template plugin")
+            raise _A.err(sub, f"'{sub.name}' is not supported by linkdns's template plugin")
         else:
-            raise _err(sub, f"unknown property '{sub.name}'")
+            raise _A.err(sub, f"unknown property '{sub.name}'")
     if not regex:
         regex.append(re.compile(".*"))
     return TemplateConfig(qclass, qtype, zones, tuple(regex), tuple(sections["answer"]),
