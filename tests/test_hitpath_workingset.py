@@ -229,12 +229,12 @@ def test_routing_by_name_picks_the_longest_zone_with_several_blocks() -> None:
                            ("cluster.local.", "a.b.cluster.local"),
                            ("cluster.local.", "svc.xcluster.local.cluster.local"),
                            (".", "a.example")):
-            r = srv.run(lambda text=text: ln.router.route_name(wire.text_to_name(text)))
+            r = srv.run(lambda text=text: ln.route_name(wire.text_to_name(text)))
             assert r is not None and r.site is by_zone[zone], text
         # the hit path routes before anything vouches for the name: a broken one must not
         # throw (its key then matches nothing)
         for broken in (b"\x3fab\x00", b"\x05cluster\x05local\x00", b"\x07cluster"):
-            srv.run(lambda broken=broken: ln.router.route_name(broken))
+            srv.run(lambda broken=broken: ln.route_name(broken))
         name = wire.text_to_name("a.b.svc.cluster.local")
         q = query(name, wire.T_A, 1)
         cache = by_zone["cluster.local."].cache

@@ -46,7 +46,7 @@ class Router:
     """The zone map of one listener: a wire name -> the Route of its longest zone.
 
     Changed in place by :meth:`set` (at start and by reload, on the loop, so no query sees a
-    half-made map); the protocols keep a reference to it."""
+    half-made map). A Listener is the Router of its address (server/listen.py)."""
 
     __slots__ = ("only", "root", "routes", "suffixes")
 

@@ -38,7 +38,6 @@ _perf = time.perf_counter
 class UDPProtocol(asyncio.DatagramProtocol):
     def __init__(self, listener: Listener) -> None:
         self.listener = listener
-        self.router = listener.router
         self.transport: asyncio.DatagramTransport | None = None
         self.out: UDPOut | None = None
 
@@ -79,8 +78,7 @@ class UDPProtocol(asyncio.DatagramProtocol):
                     if data[3] & 0x10:  # CD
                         flag |= 2
                     name = data[12 : z + 1].lower()
-                    router = self.router
-                    r = router.only or router.route_name(name)
+                    r = ln.only or ln.route_name(name)
                     if r is not None and r.cache is not None:
                         if r.sizers:
                             for h in r.sizers:
