@@ -48,11 +48,10 @@ class Request:
 
     def match(self, reply: bytes) -> bool:
         """True when ``reply`` answers this query: a response, same question (any case)."""
-        if len(reply) < self.q.q_end or not (reply[2] & 0x80):
+        q = self.q
+        if len(reply) < wire.HEADER_LEN or not (reply[2] & 0x80) or reply[4:6] != b"\x00\x01":
             return False
-        if reply[4:6] != b"\x00\x01":
-            return False
-        return reply[wire.HEADER_LEN : self.q.q_end].lower() == self.q.question.lower()
+        return wire.same_question(reply, q.qname_lower, q.data[q.qname_end : q.q_end])
 
     def __repr__(self) -> str:
         return f"<Request {self.proto} {self.peer[0]}:{self.peer[1]} {self.name} {self.type_name}>"

@@ -247,6 +247,15 @@ def _scan_opt(q: Query, data: bytes, off: int) -> int:
     return 0
 
 
+def same_question(reply: bytes, lname: bytes, tail: bytes) -> bool:
+    """True when ``reply``'s (first) question is ``lname``, a lowercased wire name, in any case
+    (RFC 4343: a 0x20-mixed echo still matches) followed by ``tail`` (its qtype and qclass)
+    exactly. The one question match of a query and its reply (the request's and forward's)."""
+    end = HEADER_LEN + len(lname)
+    return (len(reply) >= end + 4 and reply[HEADER_LEN:end].lower() == lname
+            and reply[end:end + 4] == tail)
+
+
 def skip_name(buf: bytes | bytearray, off: int) -> int:
     """Offset just past a (possibly compressed) name starting at ``off``."""
     n = len(buf)

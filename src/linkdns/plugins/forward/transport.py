@@ -43,14 +43,13 @@ class Question:
     answer's targets (see ``scrub``).
     """
 
-    __slots__ = ("any_reply", "end", "lname", "qtype", "tail", "zone")
+    __slots__ = ("any_reply", "lname", "qtype", "tail", "zone")
 
     def __init__(self, lname: bytes, tail: bytes, any_reply: bool = False,
                  zone: bytes = b"\x00") -> None:
         self.lname = lname
         self.tail = tail
         self.qtype = (tail[0] << 8) | tail[1]
-        self.end = wire.HEADER_LEN + len(lname) + 4
         self.any_reply = any_reply
         self.zone = zone
 
@@ -113,9 +112,7 @@ def classify(data: bytes, q: Question) -> bytes | int:
     clean = scrub(data, q.lname, q.qtype, q.zone)
     if clean is None:
         return MALFORMED
-    n = q.end - 4
-    if (len(data) < q.end or data[wire.HEADER_LEN : n].lower() != q.lname
-            or data[n : q.end] != q.tail):
+    if not wire.same_question(data, q.lname, q.tail):
         return IGNORE  # one readable question, not ours: keep waiting for the real reply
     return clean
 
