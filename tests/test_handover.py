@@ -327,3 +327,40 @@ async def test_a_reload_that_changes_the_addresses_moves_the_control_socket(
     finally:
         await server.stop()
     assert not os.path.exists(moved)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_the_old_instance_serves_again_when_its_successor_goes(
+        conf: tuple[Path, int, int], slow_up: FakeUpstream, sig: int) -> None:
+    """A successor that dies (or is stopped) while the old instance idles: the old one
+    serves the same sockets again, and can hand them over again."""
+    path, port, ready = conf
+    old = start(path)
+    new: Daemon | None = None
+    third: Daemon | None = None
+    try:
+        new = start(path)
+        new.wait_for("hand-over: serving")
+        old.wait_for("hand-over: drained")
+        with Load(port, "udp", rate=500) as load:
+            time.sleep(0.5)
+            killed = time.monotonic()
+            new.stop(sig)
+            old.wait_for("serving our sockets again")
+            time.sleep(1.0)
+        result = load.result
+        print(f"\nsuccessor {signal.Signals(sig).name}, the old instance resumes: {result}")
+        if sig == signal.SIGTERM:
+            assert result.failed == 0, result  # it drains; the old one reads meanwhile
+        late = [t for t in result.failed_at if t > killed + 0.2]
+        assert late == [], result  # a SIGKILL loses what the successor held, then nothing
+        assert query(port, "back.example.", timeout=2).rcode() == dns.rcode.NOERROR
+        assert http_get(ready, "/ready")[0] == 200
+        third = start(path)  # and it hands over again
+        third.wait_for("hand-over: serving")
+        assert f"from pid {old.pid}" in third.out
+        assert old.stop() == 0, old.out
+        assert query(port, "third.example.", timeout=2).rcode() == dns.rcode.NOERROR
+        assert third.stop() == 0, third.out
+    finally:
+        stop_all(old, *(d for d in (new, third) if d is not None))

@@ -109,6 +109,14 @@ class HTTPServer:
         """The listening sockets' fds, for a successor."""
         return [sock.fileno() for s in self.servers for sock in s.sockets]
 
+    async def rebind(self) -> None:
+        """Listen again after :meth:`stop_accepting` (a successor went away): on the sockets
+        the server kept (``inherit``), or bound afresh."""
+        async with self._lock():
+            if self.refs > 0:
+                self.servers = []
+                await self._bind()
+
     def stop_accepting(self) -> None:
         """Close the listening sockets (connections being answered finish): after a
         hand-over, the successor holding the same sockets answers every new request."""

@@ -199,10 +199,11 @@ class Inherited:
     def take(self, key: Key) -> list[socket.socket] | None:
         return self.socks.pop(key, None)
 
-    def close(self) -> None:
+    def close(self, quiet: bool = False) -> None:
         """Close what nobody took (a listener the new configuration does not have)."""
         for key, socks in self.socks.items():
-            log.info("not serving %s %s:%d any more (handed over, not configured)", *key)
+            if not quiet:
+                log.info("not serving %s %s:%d any more (handed over, not configured)", *key)
             for s in socks:
                 s.close()
         self.socks.clear()
@@ -303,12 +304,15 @@ class Control:
     def __init__(self, path: str, sockets: Callable[[], list[tuple[Key, int]]],
                  hooks: list[Callable[[], None]],
                  handed_over: Callable[[Peer], None],
-                 refuse: Callable[[], bool] = lambda: False) -> None:
+                 refuse: Callable[[], bool] = lambda: False,
+                 gone: Callable[[Peer], None] | None = None) -> None:
         self.path = path
         self.sockets = sockets
         self.hooks = hooks
         self.handed_over = handed_over
         self.refuse = refuse
+        #: called when the successor's connection closes (it stopped or died)
+        self.gone = gone
         self.sock: socket.socket | None = None
         self.ident: tuple[int, int] | None = None
         self.task: asyncio.Task[None] | None = None
@@ -343,16 +347,33 @@ class Control:
         while True:
             conn, _ = await loop.sock_accept(self.sock)
             conn.setblocking(False)
+            peer: Peer | None = None
             try:
-                if await self._one(conn):
+                peer = await self._one(conn)
+                if peer is not None:
                     break
             except (OSError, HandoverError, TimeoutError) as e:
                 log.warning("hand-over refused or broken off: %s", e)
             finally:
-                conn.close()
+                if peer is None:
+                    conn.close()
         self._close_listener()  # handed over: the path is the successor's now
+        try:
+            # The successor keeps this connection open while it serves: its end closing
+            # (a stop, a crash, SIGKILL) is the moment this instance may serve again.
+            while True:
+                try:
+                    await recv(conn, 3600.0)
+                except TimeoutError:
+                    continue
+        except (OSError, HandoverError):
+            pass
+        finally:
+            conn.close()
+        if self.gone is not None:
+            self.gone(peer)
 
-    async def _one(self, conn: socket.socket) -> bool:
+    async def _one(self, conn: socket.socket) -> Peer | None:
         peer = check_peer(conn)
         msg, _ = await recv(conn, HELLO_TIMEOUT)
         if msg.get("op") != "hello":
@@ -376,7 +397,7 @@ class Control:
             raise HandoverError(f"expected serving, got {msg.get('op')!r}")
         self.handed_over(peer)
         await send(conn, {"version": VERSION, "op": "bye", "pid": os.getpid()})
-        return True
+        return peer
 
     def _close_listener(self) -> None:
         if self.sock is not None:

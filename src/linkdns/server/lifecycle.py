@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable, Coroutine
 from functools import partial
@@ -94,6 +96,11 @@ class Server:
         #: sockets received from a predecessor, until the listeners took them
         self.inherited: handover.Inherited | None = None
         self._control: handover.Control | None = None
+        #: the connection to the predecessor, open while we serve (it resumes when it closes)
+        self._pred: handover.Predecessor | None = None
+        #: duplicates of our listening sockets kept after a hand-over, to serve them again
+        #: if the successor goes away before we stop
+        self._saved: handover.Inherited | None = None
         self._retired: asyncio.Task[None] | None = None
         self.sites = [Site(c, self) for c in sites]
 
@@ -134,13 +141,49 @@ class Server:
         if pred is not None:
             if await pred.serving():
                 log.info("hand-over: serving; pid %d may stop now", pred.peer.pid)
-            pred.close()
+                self._pred = pred  # closed when we stop: the predecessor may serve again
+            else:
+                pred.close()
         self.started.set()
 
     def _open_control(self, path: str) -> None:
         self._control = handover.Control(path, self.listening, self.handover_hooks,
-                                         self._handed_over, refuse=lambda: self.stopping)
+                                         self._handed_over, refuse=lambda: self.stopping,
+                                         gone=self._successor_gone)
         self._control.open()
+
+    def _successor_gone(self, peer: handover.Peer) -> None:
+        if not self.stopping and self.handed_over:
+            # not spawn(): a drain in progress would wait for it while it waits for the drain
+            self.background["resume"] = asyncio.get_running_loop().create_task(
+                self._resume(peer))
+
+    async def _resume(self, peer: handover.Peer) -> None:
+        """The successor stopped or died while this instance idled: serve the same sockets
+        again (the duplicates kept at the hand-over) and listen for the next successor."""
+        if self._retired is not None:
+            await self._retired
+        saved, self._saved = self._saved, None
+        if self.stopping or saved is None:
+            return
+        self.handed_over = False
+        self._retired = None
+        gone, self.listeners = self.listeners, {}
+        for ln in gone.values():
+            ln.close()
+        self.inherited = saved
+        try:
+            await self._listen(self.sites)
+            http_servers: dict[tuple[str, int], Any] = self.shared.get("http", {})
+            for srv in http_servers.values():
+                await srv.rebind()
+        finally:
+            self.inherited.close()
+            self.inherited = None
+        self.background.pop("resume", None)
+        if self.handover_path is not None:
+            self._open_control(self.handover_path)
+        log.warning("hand-over: pid %d went away; serving our sockets again", peer.pid)
 
     def _move_control(self) -> None:
         """After a reload: the control socket where the new listen addresses put it."""
@@ -178,6 +221,10 @@ class Server:
         return sorted({(a, s.port) for s in self.sites for a in s.addrs or [""]})
 
     def _handed_over(self, peer: handover.Peer) -> None:
+        kept: dict[handover.Key, list[socket.socket]] = {}
+        for key, fd in self.listening():
+            kept.setdefault(key, []).append(socket.socket(fileno=os.dup(fd)))
+        self._saved = handover.Inherited(kept, os.getpid())
         self.handed_over = True
         self._stop_reading()  # now, before the successor hears back: not one more read
         log.info("hand-over: pid %d serves on our sockets; stopped reading, draining; "
@@ -252,6 +299,9 @@ class Server:
         self.stopping = True  # the ready plugin answers 503 "Shutting down" from here on
         if self._control is not None:
             self._control.close()
+        if self._pred is not None:
+            self._pred.close()  # a predecessor still idling serves again while we drain
+            self._pred = None
         if self.started.is_set() and not self.handed_over:
             # Lame duck: setup plugins' pre-stop hooks run while listeners still serve. (Not
             # after a hand-over: the successor serves these sockets, nothing to steer away.)
@@ -270,6 +320,9 @@ class Server:
             self._expo.close()
         for site in self.sites:
             await site.stop()
+        if self._saved is not None:
+            self._saved.close(quiet=True)
+            self._saved = None
 
     async def _retire(self) -> None:
         """Stop reading and drain: at stop, or as soon as a successor serves our sockets
