@@ -63,8 +63,10 @@ def overlap(conf: Path, port: int, proto: str, sig: int, drained: bool = False
     try:
         with Load(port, proto, rate=500) as load:
             time.sleep(1.0)
+            launched = time.monotonic()
             new = start(conf)
             new.wait_for("hand-over: serving")
+            serving = time.monotonic()
             if sig == signal.SIGTERM:
                 old.wait_for("stopped reading")
                 time.sleep(0.3)
@@ -78,6 +80,10 @@ def overlap(conf: Path, port: int, proto: str, sig: int, drained: bool = False
         stop_all(old, *([new] if new else []))
         raise
     print(f"\n{proto} {signal.Signals(sig).name}: {result}")
+    if result.failed_at:  # when, from the successor's launch (the log is read late under load)
+        print(f"  successor serving at +{serving - launched:.2f}s, signal at "
+              f"+{killed - launched:.2f}s, failures sent at "
+              f"{sorted(round(t - launched, 2) for t in result.failed_at)[:20]}")
     assert rc == (0 if sig == signal.SIGTERM else -signal.SIGKILL), old.out
     return result, old, new, killed
 
