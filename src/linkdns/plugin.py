@@ -57,20 +57,6 @@ def client_wrote(rc: int) -> bool:
 
 
 
-def zone_match(name: str, zones: Iterable[str]) -> str:
-    """The longest of ``zones`` (lowercase FQDNs) that ``name`` is at or below, "" if none
-    (CoreDNS's plugin.Zones.Matches)."""
-    best = ""
-    for z in zones:
-        if (z == "." or name == z or name.endswith("." + z)) and len(z) > len(best):
-            best = z
-    return best
-
-
-def in_zones(name: str, zones: Iterable[str]) -> bool:
-    """True when ``name`` is one of ``zones`` or below one of them."""
-    return any(z == "." or name == z or name.endswith("." + z) for z in zones)
-
 class Handler:
     """A plugin in the query chain."""
 

@@ -32,9 +32,10 @@ from prometheus_client.registry import Collector
 from linkdns import plugin, wire
 from linkdns.corefile import Directive
 from linkdns.metrics import VIEW
-from linkdns.plugin import Args, Handler, PluginSpec, register, zone_match
+from linkdns.plugin import Args, Handler, PluginSpec, register
 from linkdns.request import Request
 from linkdns.writer import Writer
+from linkdns.zones import zone_match
 
 if TYPE_CHECKING:
     from linkdns.plugin import Env

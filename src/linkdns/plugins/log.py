@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 from linkdns import wire
 from linkdns.corefile import Directive
 from linkdns.errors import ConfigError
-from linkdns.plugin import DROPPED, Handler, PluginSpec, client_wrote, err, in_zones, register
+from linkdns.plugin import DROPPED, Handler, PluginSpec, client_wrote, err, register
 from linkdns.request import Request, class_name
 from linkdns.writer import WrapWriter, Writer
+from linkdns.zones import in_zones
 
 log = logging.getLogger("linkdns.plugin.log")
 

@@ -30,6 +30,7 @@ from linkdns.plugins.cache.store import DENIAL, SERVFAIL, SUCCESS, Entry, Popula
 from linkdns.request import Request
 from linkdns.wire import Query
 from linkdns.writer import Recorder, Writer
+from linkdns.zones import ZoneSet
 
 if TYPE_CHECKING:
     from linkdns.plugin import Env
@@ -63,17 +64,6 @@ class Fetched:
 _FAILED = Fetched(wire.SERVFAIL)
 
 
-def _zone_set(zones: list[str]) -> frozenset[bytes]:
-    return frozenset(wire.text_to_name(z) for z in zones)
-
-
-def _within(q: Query, zones: frozenset[bytes]) -> bool:
-    """Is the query name at or below one of ``zones`` (wire names)?"""
-    if b"\x00" in zones:
-        return True
-    name = q.qname_lower
-    return any(name[off:] in zones for off in q.labels)
-
 
 class Cache(Handler):
     name = "cache"
@@ -85,10 +75,10 @@ class Cache(Handler):
         self.cfg = cfg
         self.env = env
         self.zones = cfg.zones or zones or (env.zones if env is not None else ["."])
-        self._zone_set = _zone_set(self.zones)
+        self._zone_set = ZoneSet(self.zones)
         site_zones = env.zones if env is not None else self.zones
         #: True when every name routed to this site is in the cache's zones (no check needed)
-        self._all = all(_within_text(z, self._zone_set) for z in site_zones)
+        self._all = all(self._zone_set.covers_name(z) for z in site_zones)
         self.store = Store(cfg.success.cap, cfg.denial.cap)
         self._index = self.store.index
         self._clock = clock or (env.clock if env is not None else None)
@@ -100,8 +90,8 @@ class Cache(Handler):
         self._pf_pct = cfg.prefetch_percentage
         self._stale = cfg.stale
         self._aa = cfg.aa
-        self._off_success = _zone_set(cfg.disable_success) if cfg.disable_success else None
-        self._off_denial = _zone_set(cfg.disable_denial) if cfg.disable_denial else None
+        self._off_success = ZoneSet(cfg.disable_success) if cfg.disable_success else None
+        self._off_denial = ZoneSet(cfg.disable_denial) if cfg.disable_denial else None
         #: keys being fetched -> futures of the callers waiting on that fetch
         self._inflight: dict[bytes, list[asyncio.Future[Fetched]]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -147,7 +137,7 @@ class Cache(Handler):
         return ttl if ttl > 0 else 0
 
     def covers(self, q: Query) -> bool:
-        return self._all or _within(q, self._zone_set)
+        return self._all or self._zone_set.covers(q)
 
     # -- the hit path -----------------------------------------------------------------------
 
@@ -207,7 +197,7 @@ class Cache(Handler):
 
     async def serve(self, req: Request, w: Writer) -> int:
         q = req.q
-        if not (self._all or _within(q, self._zone_set)):
+        if not (self._all or self._zone_set.covers(q)):
             return await self.next_serve(req, w)
         if q.qtype == wire.T_AXFR or q.qtype == wire.T_IXFR:
             self.misses += 1
@@ -371,7 +361,7 @@ class Cache(Handler):
             ttl = c.max_ttl if ttl > c.max_ttl else c.min_ttl if ttl < c.min_ttl else ttl
         if ttl <= 0 or self.store.caps[SUCCESS if kind == SUCCESS else DENIAL] <= 0:
             return None
-        if off is not None and _within(q, off):
+        if off is not None and off.covers(q):
             return None
         old = self._index.get(q.key) if refresh else None  # (a client's miss: not needed)
         if refresh and kind == SERVFAIL and old is not None:
@@ -436,16 +426,6 @@ class Cache(Handler):
         s, d = self.store.sizes()
         return f"<Cache zones={self.zones} success={s} denial={d}>"
 
-
-def _within_text(zone: str, zones: frozenset[bytes]) -> bool:
-    name = wire.text_to_name(zone)
-    off = 0
-    while True:
-        if name[off:] in zones:
-            return True
-        if name[off] == 0:
-            return False
-        off += name[off] + 1
 
 
 def _copy(req: Request) -> Request:

@@ -34,6 +34,7 @@ from linkdns.plugins.forward.transport import Question, with_question
 from linkdns.plugins.forward.upstream import Upstream
 from linkdns.request import Request
 from linkdns.writer import Writer
+from linkdns.zones import ZoneSet
 
 if TYPE_CHECKING:
     from linkdns.plugin import Env
@@ -57,7 +58,7 @@ class Forward(Handler):
         self.policy = policy.make(cfg.policy)
         self.health = Health(cfg)
         self.from_wire = wire.text_to_name(cfg.from_zone)
-        self.ignored = frozenset(wire.text_to_name(z) for z in cfg.ignored)
+        self.ignored = ZoneSet(cfg.ignored)
         #: FROM is the root and nothing is excepted: every query matches
         self._match_all = self.from_wire == b"\x00" and not self.ignored
         #: the transport every query uses ("" = the client's)
@@ -118,9 +119,7 @@ class Forward(Handler):
         ignored = self.ignored
         if not ignored or lname == zone:
             return True
-        if b"\x00" in ignored:
-            return False
-        return not any(lname[off:] in ignored for off in q.labels)
+        return not ignored.covers(q)
 
     async def serve(self, req: Request, w: Writer) -> int:
         q = req.q

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from linkdns import wire
-from linkdns.plugin import Handler, in_zones
+from linkdns.plugin import Handler
 from linkdns.plugins.hosts import metrics
 from linkdns.plugins.hosts.hostsfile import (
     HostsData,
@@ -36,6 +36,7 @@ from linkdns.plugins.hosts.hostsfile import (
 )
 from linkdns.request import Request
 from linkdns.writer import Writer
+from linkdns.zones import in_zones
 
 if TYPE_CHECKING:
     from linkdns.plugin import Env

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from linkdns import wire
 from linkdns.errors import WireError
-from linkdns.plugin import in_zones
+from linkdns.zones import in_zones
 
 _IP4_ARPA = ".in-addr.arpa."
 _IP6_ARPA = ".ip6.arpa."

@@ -22,11 +22,12 @@ from typing import TYPE_CHECKING
 
 from linkdns import wire
 from linkdns.errors import WireError
-from linkdns.plugin import ERROR_RCODES, Handler, zone_match
+from linkdns.plugin import ERROR_RCODES, Handler
 from linkdns.plugins.template import metrics
 from linkdns.plugins.template.gotmpl import Data, Template, TemplateError
 from linkdns.request import Request, class_name, type_name
 from linkdns.writer import Writer
+from linkdns.zones import zone_match
 
 if TYPE_CHECKING:
     from linkdns.plugin import Env
