@@ -257,27 +257,3 @@ def render(resp: Response, head_only: bool) -> bytes:
     ]
     out = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
     return out if head_only else out + resp.body
-
-
-def split_addr(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` as Go's net.SplitHostPort takes it (``:8080``, ``[::1]:8080``): the port
-    is required. Raises ValueError with Go's wording."""
-    t = text.strip()
-    if t.startswith("["):
-        end = t.find("]")
-        if end < 0:
-            raise ValueError(f"address {text}: missing ']' in address")
-        host, rest = t[1:end], t[end + 1 :]
-    else:
-        i = t.rfind(":")
-        if i < 0:
-            raise ValueError(f"address {text}: missing port in address")
-        host, rest = t[:i], t[i:]
-        if ":" in host:
-            raise ValueError(f"address {text}: too many colons in address")
-    if not rest.startswith(":"):
-        raise ValueError(f"address {text}: missing port in address")
-    p = rest[1:]
-    if not p.isdigit() or int(p) > 65535:
-        raise ValueError(f"address {text}: invalid port")
-    return host, int(p)

@@ -331,7 +331,7 @@ def parse_addr(d: Directive, default: str) -> tuple[str, int]:
     if len(d.args) > 1:
         raise arg_count_error(d)
     try:
-        return http.split_addr(d.args[0] if d.args else default)
+        return values.split_host_port(d.args[0] if d.args else default)
     except ValueError as e:
         raise err(d, str(e)) from None
 

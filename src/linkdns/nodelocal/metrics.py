@@ -21,6 +21,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from linkdns import values
+
 log = logging.getLogger("linkdns.nodelocal")
 
 #: node-cache's errortype values, pre-set to 0 (registerMetrics)
@@ -56,11 +58,11 @@ class SetupErrors(Collector):
 
 def parse_address(text: str) -> tuple[str, int]:
     """Go's ``host:port`` (``0.0.0.0:9353``, ``[::1]:9353``, ``:9353``); ValueError if bad."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"bad address {text!r}")
-    host = host.removeprefix("[").removesuffix("]")
-    return host or "0.0.0.0", int(port)
+    try:
+        host, port = values.split_host_port(text)
+    except ValueError:
+        raise ValueError(f"bad address {text!r}") from None
+    return host or "0.0.0.0", port
 
 
 class _Server(http.server.ThreadingHTTPServer):
