@@ -84,14 +84,14 @@ def test_cancelling_one_query_of_a_shared_forward_exchange(up: FakeUpstream,
             tasks = [asyncio.create_task(fwd.serve(r, w)) for r, w in zip(reqs, recs,
                                                                            strict=True)]
             await asyncio.sleep(0)  # each ran to its first await: one exchange, two waiters
-            assert len(fwd.inflight) == 1 and len(next(iter(fwd.inflight.values()))) == 2
+            assert len(fwd.flights.waiting) == 1 and len(next(iter(fwd.flights.waiting.values()))) == 2
             for _ in range(1000):  # cancel mid-exchange: once the upstream has the query
                 if up.count():
                     break
                 await asyncio.sleep(0.005)
             tasks[cancel].cancel()
             rcs = await asyncio.gather(*tasks, return_exceptions=True)
-            return rcs, recs, len(fwd.inflight), fwd.concurrent
+            return rcs, recs, len(fwd.flights.waiting), fwd.concurrent
 
         rcs, recs, inflight, concurrent = srv.call(go())
     assert isinstance(rcs[cancel], asyncio.CancelledError)
@@ -118,7 +118,7 @@ def test_cancelling_a_waiter_of_a_shared_cache_fetch(up: FakeUpstream) -> None:
             await asyncio.sleep(0)
             tasks[1].cancel()
             rcs = await asyncio.gather(*tasks, return_exceptions=True)
-            return rcs, recs, len(cache._inflight)
+            return rcs, recs, len(cache._flights.waiting)
 
         rcs, recs, inflight = srv.call(go())
     assert isinstance(rcs[1], asyncio.CancelledError)

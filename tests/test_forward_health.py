@@ -90,7 +90,7 @@ def test_max_concurrent_refuses_and_counts(up: FakeUpstream) -> None:
 def waiting(srv: Running) -> int:
     """How many queries wait on another one's upstream exchange (read on the server's loop)."""
     fwd = forwards(srv)[0]
-    return srv.run(lambda: sum(len(w) for w in fwd.inflight.values()))
+    return srv.run(lambda: sum(len(w) for w in fwd.flights.waiting.values()))
 
 
 def test_identical_queries_in_flight_share_one_upstream_query(up: FakeUpstream) -> None:

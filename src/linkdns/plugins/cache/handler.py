@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from linkdns import wire
 from linkdns.clock import Clock
+from linkdns.flight import Flights
 from linkdns.plugin import Handler
 from linkdns.plugins.cache import policy
 from linkdns.plugins.cache.policy import assemble, client_opt
@@ -93,7 +94,7 @@ class Cache(Handler):
         self._off_success = ZoneSet(cfg.disable_success) if cfg.disable_success else None
         self._off_denial = ZoneSet(cfg.disable_denial) if cfg.disable_denial else None
         #: keys being fetched -> futures of the callers waiting on that fetch
-        self._inflight: dict[bytes, list[asyncio.Future[Fetched]]] = {}
+        self._flights: Flights[bytes, Fetched] = Flights()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._last_stamp = -math.inf
         # Counters (read by the prometheus collector at scrape time).
@@ -207,17 +208,18 @@ class Cache(Handler):
         if e is None:  # the usual miss: no clock read needed
             self.misses += 1
             nxt = self.next
-            if nxt is None or key in self._inflight:
+            flights = self._flights
+            if nxt is None or key in flights:
                 return self.answer(req, w, await self.fetch(req, False))
-            # The first miss of this key: fetch() inlined (one coroutine layer less).
-            waiters: list[asyncio.Future[Fetched]] = []
-            self._inflight[key] = waiters
+            # The first miss of this key: fetch() inlined (one coroutine layer less; the
+            # tests of identical misses in flight see both).
+            waiters = flights.lead(key)
             res = _FAILED
             try:
                 rec = Recorder(req)
                 res = self._fetched(req, rec, await nxt.serve(req, rec), False)
             finally:
-                self._settle(key, waiters, res)
+                flights.land(key, waiters, res)
             return self.answer(req, w, res)
         now = self.now()
         ttl = e.remaining(now)
@@ -274,13 +276,11 @@ class Cache(Handler):
         The first caller runs the exchange; later ones each wait on a future of their own
         (so the first creates none, and a cancelled waiter disturbs nobody)."""
         key = req.q.key
-        inflight = self._inflight
-        waiters = inflight.get(key)
-        if waiters is not None:
-            fut: asyncio.Future[Fetched] = asyncio.get_running_loop().create_future()
-            waiters.append(fut)
+        flights = self._flights
+        fut = flights.follow(key)
+        if fut is not None:
             return await fut
-        waiters = inflight[key] = []
+        waiters = flights.lead(key)
         res = _FAILED
         try:
             rec = Recorder(req)
@@ -288,7 +288,7 @@ class Cache(Handler):
             rc = await nxt.serve(req, rec) if nxt is not None else wire.SERVFAIL
             res = self._fetched(req, rec, rc, refresh)
         finally:
-            self._settle(key, waiters, res)
+            flights.land(key, waiters, res)
         return res
 
     def _fetched(self, req: Request, rec: Recorder, rc: int, refresh: bool) -> Fetched:
@@ -296,15 +296,6 @@ class Cache(Handler):
         reply = rec.reply
         entry = self.absorb(req, reply, refresh) if reply is not None else None
         return Fetched(rc, reply, rec.plugin, entry, req.meta.get("error"))
-
-    def _settle(self, key: bytes, waiters: list[asyncio.Future[Fetched]], res: Fetched) -> None:
-        """The exchange for ``key`` is over: hand ``res`` to everyone who waited on it."""
-        inflight = self._inflight
-        if inflight.get(key) is waiters:
-            del inflight[key]
-        for f in waiters:
-            if not f.done():
-                f.set_result(res)
 
     # -- storing ----------------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from linkdns import wire
 from linkdns.errors import UpstreamError
+from linkdns.flight import Flights
 from linkdns.plugin import Handler
 from linkdns.plugins.forward import policy
 from linkdns.plugins.forward.health import Health
@@ -67,7 +68,7 @@ class Forward(Handler):
         self._one = self.upstreams[:1] if len(self.upstreams) == 1 else None
         self.opt = wire.make_opt(cfg.bufsize, False) if cfg.bufsize else b""
         #: identical queries in flight -> the futures of the queries waiting on the first one
-        self.inflight: dict[tuple[Any, ...], list[asyncio.Future[Result]]] = {}
+        self.flights: Flights[tuple[Any, ...], Result] = Flights()
         self.concurrent = 0
         self._sweeper: asyncio.Task[None] | None = None
         #: the loop we run on, set by start() (asyncio.get_running_loop() is a call and, on
@@ -134,26 +135,19 @@ class Forward(Handler):
         # One upstream exchange for a burst of identical queries: the first runs it, the
         # others wait on a future of their own (cancelling one never disturbs the rest).
         key = (q.key, q.flags & _SHARE_FLAGS, proto, q.has_opt, q.udp_size)
-        inflight = self.inflight
-        waiters = inflight.get(key)
+        flights = self.flights
+        fut = flights.follow(key, self.loop)
         self.concurrent += 1
         try:
-            if waiters is not None:
-                fut: asyncio.Future[Result] = (
-                    self.loop or asyncio.get_running_loop()).create_future()
-                waiters.append(fut)
+            if fut is not None:
                 reply, err = await fut
             else:
-                waiters = inflight[key] = []
+                waiters = flights.lead(key)
                 res = _CANCELLED
                 try:
                     res = await self._exchange(q, proto)
                 finally:
-                    if inflight.get(key) is waiters:
-                        del inflight[key]
-                    for f in waiters:
-                        if not f.done():
-                            f.set_result(res)
+                    flights.land(key, waiters, res)
                 reply, err = res
         finally:
             self.concurrent -= 1
