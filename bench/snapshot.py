@@ -5,7 +5,7 @@ saves the upstream at a restart.
     python bench/snapshot.py [--entries 40000] [--rounds 5] [--out bench/out]
     python bench/snapshot.py --restart [--names 2000] [--rate 500] [--out bench/out]
 
-A cache (the real Cache object, no sockets) is filled through the miss path (``Cache.absorb``)
+A cache (the real Cache object, no sockets) is filled through the miss path (``Cache.store_reply``)
 with ENTRIES replies shaped like a node's traffic: 3/4 one-A-record answers with the zone's NS
 in authority, 1/4 NXDOMAIN with an SOA (the search-path misses of a pod). Then, per round:
 save (entries -> records -> file, fsync, rename) and load into an empty cache (read, digest,
@@ -92,7 +92,7 @@ def fill(c: Cache, n: int) -> None:
             qw, rw = answer(name, i)
         st, q = wire.scan_query(qw)
         assert st == 0 and q is not None
-        if c.absorb(Request(q, PEER, "udp"), rw, False) is None:
+        if c.store_reply(Request(q, PEER, "udp"), rw, False) is None:
             raise SystemExit(f"entry {i} was not stored")
 
 

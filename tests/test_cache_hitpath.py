@@ -50,7 +50,7 @@ def make_query(name: str, rdtype: str = "A", *, edns: bool = False, do: bool = F
 
 def store(c: Cache, qm: dns.message.Message, reply: dns.message.Message) -> Entry:
     q = scan(qm)
-    e = c.absorb(Request(q, PEER, "udp"), reply.to_wire(), False)
+    e = c.store_reply(Request(q, PEER, "udp"), reply.to_wire(), False)
     assert e is not None
     return e
 
@@ -242,7 +242,7 @@ def test_not_stored(cfg: dict[str, object], reply: object) -> None:
     c, _ = new_cache(**cfg)
     qm = make_query("x.example.org.")
     q = scan(qm)
-    assert c.absorb(Request(q, PEER, "udp"), reply(qm).to_wire(), False) is None  # type: ignore[operator]
+    assert c.store_reply(Request(q, PEER, "udp"), reply(qm).to_wire(), False) is None  # type: ignore[operator]
     assert len(c.store) == 0
 
 
@@ -252,7 +252,7 @@ def test_disable_applies_only_inside_its_zones() -> None:
                          ("notinternal.example.", True), ("a.example.org.", True)):
         qm = make_query(name)
         q = scan(qm)
-        got = c.absorb(Request(q, PEER, "udp"), a_records(qm, 1).to_wire(), False)
+        got = c.store_reply(Request(q, PEER, "udp"), a_records(qm, 1).to_wire(), False)
         assert (got is not None) == stored, name
 
 
@@ -261,7 +261,7 @@ def test_mismatched_question_is_dropped_and_counted() -> None:
     qm = make_query("asked.example.org.")
     other = a_records(make_query("other.example.org."), 1)
     other.id = qm.id
-    assert c.absorb(Request(scan(qm), PEER, "udp"), other.to_wire(), False) is None
+    assert c.store_reply(Request(scan(qm), PEER, "udp"), other.to_wire(), False) is None
     assert c.drops == 1
 
 
@@ -270,10 +270,10 @@ def test_failed_refresh_keeps_the_entry() -> None:
     qm = make_query("s.example.org.")
     good = store(c, qm, a_records(qm, 1, 60))
     req = Request(scan(qm), PEER, "udp")
-    assert c.absorb(req, servfail(qm).to_wire(), True) is None
+    assert c.store_reply(req, servfail(qm).to_wire(), True) is None
     assert c.store.get(req.q.key) is good
     # a client's own miss may still store a SERVFAIL (there is nothing better to serve)
-    assert c.absorb(req, servfail(qm).to_wire(), False) is not None
+    assert c.store_reply(req, servfail(qm).to_wire(), False) is not None
 
 
 # -- the store ------------------------------------------------------------------------------
@@ -352,7 +352,7 @@ def test_an_answer_that_may_not_be_stored_retires_the_old_entry() -> None:
     qm = make_query("r.example.org.")
     good = store(c, qm, a_records(qm, 1, 60))
     req = Request(scan(qm), PEER, "udp")
-    assert c.absorb(req, servfail(qm).to_wire(), True) is None
+    assert c.store_reply(req, servfail(qm).to_wire(), True) is None
     assert c.store.get(req.q.key) is good
-    assert c.absorb(req, nxdomain(qm).to_wire(), True) is None
+    assert c.store_reply(req, nxdomain(qm).to_wire(), True) is None
     assert c.store.get(req.q.key) is None

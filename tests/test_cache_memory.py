@@ -3,7 +3,7 @@
 A NodeLocal DNSCache config holds four caches of 9984 + 9984 entries, so every object an entry
 owns is paid ~80,000 times. These tests pin the structure (slots, no per-entry dict, shared
 header / TTL offsets / TTL values, no copy of the question) and the retained bytes per entry,
-measured with tracemalloc around 2,000 entries stored through the real API (``Cache.absorb``):
+measured with tracemalloc around 2,000 entries stored through the real API (``Cache.store_reply``):
 329 bytes per entry when this test was written (the previous layout, two templates and a copy
 of the question per entry: 1,067). The bound is generous; a regression that brings back a
 second copy of the reply or a per-entry dict crosses it.
@@ -64,11 +64,11 @@ def pod_answer(i: int) -> tuple[bytes, bytes]:
 
 def fill(c: Cache, pairs: list[tuple[bytes, bytes]]) -> None:
     for qw, rw in pairs:
-        assert c.absorb(Request(scan(qw), PEER, "udp"), rw, False) is not None
+        assert c.store_reply(Request(scan(qw), PEER, "udp"), rw, False) is not None
 
 
 def store(c: Cache, qm: dns.message.Message, reply: dns.message.Message) -> Entry:
-    e = c.absorb(Request(scan(qm.to_wire()), PEER, "udp"), reply.to_wire(), False)
+    e = c.store_reply(Request(scan(qm.to_wire()), PEER, "udp"), reply.to_wire(), False)
     assert e is not None
     return e
 

@@ -80,23 +80,23 @@ def fill(srv: Running, queries: list[tuple[bytes, int]]) -> None:
         for q, i in queries:
             st, sq = wire.scan_query(q)
             assert st == 0 and sq is not None
-            assert c.absorb(Request(sq, PEER, "udp"), reply_for(q, i), False) is not None
+            assert c.store_reply(Request(sq, PEER, "udp"), reply_for(q, i), False) is not None
 
     srv.run(store, timeout=60)
 
 
 class Counting:
-    """Counts the queries that leave the in-place hit path (Listener.fresh)."""
+    """Counts the queries that leave the in-place hit path (Listener.scanning_path)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.calls = 0
-        real = Listener.fresh
+        real = Listener.scanning_path
 
-        def fresh(ln: Listener, *a: Any, **k: Any) -> Any:
+        def scanning_path(ln: Listener, *a: Any, **k: Any) -> Any:
             self.calls += 1
             return real(ln, *a, **k)
 
-        monkeypatch.setattr(Listener, "fresh", fresh)
+        monkeypatch.setattr(Listener, "scanning_path", scanning_path)
 
 
 def exchange_all(port: int, datagrams: list[bytes], window: int = 200) -> list[bytes]:
@@ -243,7 +243,7 @@ def test_routing_by_name_picks_the_longest_zone_with_several_blocks() -> None:
         assert st == 0 and sq is not None
 
         def store_in_wrong_zone() -> None:
-            assert cache.absorb(Request(sq, PEER, "udp"), reply_for(q, 1), False)
+            assert cache.store_reply(Request(sq, PEER, "udp"), reply_for(q, 1), False)
 
         srv.run(store_in_wrong_zone)
         # stored in cluster.local's cache, but the name is svc.cluster.local's: not a hit

@@ -148,7 +148,7 @@ def sized_opt(size: int, do: int, cookie: bytes = b"") -> bytes:
 def hit_wire(router: Router, data: bytes, tcp: bool, v6: bool,
              t0: float) -> bytes | bytearray | None:
     """The hit path: a reply from the cache for ``data``, read in place, or None (not a
-    hit, or not a query this path reads: ``Listener.fresh`` decides).
+    hit, or not a query this path reads: ``Listener.scanning_path`` decides).
 
     Reads the header (QR=0, opcode QUERY, QD=1, AN=NS=0, AR=0 or one OPT) and takes the
     question to end where the datagram ends (no OPT) or where its last 11 bytes, an OPT

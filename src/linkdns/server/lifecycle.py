@@ -78,7 +78,7 @@ class Server(Succession):
         self.dns_port = 53
         #: set in ``-workers N`` mode (see workers.py)
         self.worker: Worker | None = None
-        self._expo: asyncio.AbstractServer | None = None
+        self._exposition: asyncio.AbstractServer | None = None
         #: run by this (old) instance right before it hands its sockets to a successor
         #: (the cache's snapshot writer registers here)
         self.handover_hooks: list[Callable[[], None]] = []
@@ -125,7 +125,7 @@ class Server(Succession):
             await self._listen(self.sites)
             if self.worker is not None:
                 reg = self.registry
-                self._expo = await workers.serve_exposition(
+                self._exposition = await workers.serve_exposition(
                     self.worker, lambda: generate_latest(reg))
             if self.handover_path is not None:
                 self._open_control(self.handover_path)
@@ -229,8 +229,8 @@ class Server(Succession):
         await self._retired
         for ln in self.listeners.values():
             ln.close()
-        if self._expo is not None:
-            self._expo.close()
+        if self._exposition is not None:
+            self._exposition.close()
         for site in self.sites:
             await site.stop()
         if self._saved is not None:

@@ -3,9 +3,9 @@ blocks bound there.
 
 A Listener owns its sockets (server/sockets.py binds them), its zone map (a
 :class:`~linkdns.server.frontdoor.Router`) and what happens to a query the hit path did not
-answer (server/frontdoor.py): the checks before the chain (:meth:`Listener.preflight`), the
+answer (server/frontdoor.py): the checks before the chain (:meth:`Listener.scan`), the
 cache once more for a query the hit path could not read in place, then one task running the
-block's chain (:meth:`Listener.slow`), within the in-flight cap. The protocols that read the
+block's chain (:meth:`Listener.slow_path`), within the in-flight cap. The protocols that read the
 sockets are server/udp.py and server/tcp.py.
 """
 
@@ -188,7 +188,7 @@ class Listener(Router):
             log.exception("panic while serving %s, and again answering it", data[:64].hex())
             return None
 
-    def preflight(
+    def scan(
         self, data: bytes, peer: Any, tcp: bool
     ) -> tuple[wire.Query | None, Route | None, bytes | None]:
         """Checks before the chain: (query, route, error reply). Error reply None + query None
@@ -214,16 +214,16 @@ class Listener(Router):
         """The hit path for ``data`` (see :func:`frontdoor.hit_wire`)."""
         return frontdoor.hit_wire(self, data, tcp, v6, t0)
 
-    def fresh(self, data: bytes, peer: Any, tcp: bool, v6: bool, t0: float,
+    def scanning_path(self, data: bytes, peer: Any, tcp: bool, v6: bool, t0: float,
               looked: bool = False) -> tuple[bytes | bytearray | None, wire.Query | None,
                                              Route | None]:
-        """A query the hit path did not answer: preflight, then the cache once more if the
+        """A query the hit path did not answer: scan, then the cache once more if the
         hit path could not read it in place (``looked``: it could, and the key was not
         there: the usual miss looks it up once).
 
         Returns ``(reply, None, None)`` when answered here (an error reply or a cache hit),
         ``(None, None, None)`` when dropped silently, ``(None, q, r)`` for the slow path."""
-        q, r, err = self.preflight(data, peer, tcp)
+        q, r, err = self.scan(data, peer, tcp)
         if q is None or r is None:
             return err, None, None
         if r.cache is not None and not looked:
@@ -232,7 +232,7 @@ class Listener(Router):
                 return reply, None, None
         return None, q, r
 
-    def slow(self, q: wire.Query, r: Route, peer: Any, w_factory: Any, tcp: bool,
+    def slow_path(self, q: wire.Query, r: Route, peer: Any, w_factory: Any, tcp: bool,
              v6: bool) -> None:
         """Run the chain for ``q`` (owned by the caller) in a task.
 

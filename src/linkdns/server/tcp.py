@@ -172,7 +172,7 @@ class TCPProtocol(asyncio.Protocol):
         if reply is not None:
             tr.write(len(reply).to_bytes(2, "big") + reply)
             return
-        out, q, r = ln.fresh(data, self.peer, True, v6, t0)
+        out, q, r = ln.scanning_path(data, self.peer, True, v6, t0)
         if q is None or r is None:
             if out is not None:
                 tr.write(len(out).to_bytes(2, "big") + out)
@@ -187,7 +187,7 @@ class TCPProtocol(asyncio.Protocol):
             ln.dropped(data, q, True, v6, err, wire.REFUSED)
             return
         self.pending += 1
-        ln.slow(q, r, self.peer, lambda req: _TCPDone(req, tr, self), True, v6)
+        ln.slow_path(q, r, self.peer, lambda req: _TCPDone(req, tr, self), True, v6)
 
 
 class _TCPDone(TCPWriter):

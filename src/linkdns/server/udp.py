@@ -110,12 +110,12 @@ class UDPProtocol(asyncio.DatagramProtocol):
                 ln.dropped(data, None, False, v6)
                 ln.drop("shutdown")
                 return
-            out, q, r = ln.fresh(data, addr, False, v6, t0, looked)
+            out, q, r = ln.scanning_path(data, addr, False, v6, t0, looked)
             if out is not None:
                 self.transport.sendto(out, addr)  # type: ignore[union-attr]
             elif q is not None and r is not None:
                 snd = self.out
-                ln.slow(q, r, addr, lambda req: UDPWriter(req, snd), False, v6)  # type: ignore[arg-type]
+                ln.slow_path(q, r, addr, lambda req: UDPWriter(req, snd), False, v6)  # type: ignore[arg-type]
         except Exception:  # a bug on the hit path: SERVFAIL, counted, logged, still serving
             err = ln.panic(data, addr, False)
             if err is not None:

@@ -48,7 +48,7 @@ _monotonic = time.monotonic
 #: entries record when they were stored in ticks of 1/STAMP_TICKS s (see Cache._stamp)
 STAMP_TICKS = 64
 
-class Fetched:
+class Outcome:
     """What one exchange through the rest of the chain produced (shared by waiters)."""
 
     __slots__ = ("entry", "error", "plugin", "rc", "reply")
@@ -62,7 +62,7 @@ class Fetched:
         self.error = error
 
 
-_FAILED = Fetched(wire.SERVFAIL)
+_FAILED = Outcome(wire.SERVFAIL)
 
 
 
@@ -94,7 +94,7 @@ class Cache(Handler):
         self._off_success = ZoneSet(cfg.disable_success) if cfg.disable_success else None
         self._off_denial = ZoneSet(cfg.disable_denial) if cfg.disable_denial else None
         #: keys being fetched -> futures of the callers waiting on that fetch
-        self._flights: Flights[bytes, Fetched] = Flights()
+        self._flights: Flights[bytes, Outcome] = Flights()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._last_stamp = -math.inf
         # Counters (read by the prometheus collector at scrape time).
@@ -252,7 +252,7 @@ class Cache(Handler):
         w.send(policy.render(e, req.q, 0), "cache")
         return wire.NOERROR
 
-    def answer(self, req: Request, w: Writer, res: Fetched) -> int:
+    def answer(self, req: Request, w: Writer, res: Outcome) -> int:
         """Write what an exchange produced for this client."""
         if res.error is not None and "error" not in req.meta:
             req.meta["error"] = res.error
@@ -270,7 +270,7 @@ class Cache(Handler):
             w.write(policy.passthrough(res.reply, req.q, self._aa), res.plugin)
         return res.rc
 
-    async def fetch(self, req: Request, refresh: bool) -> Fetched:
+    async def fetch(self, req: Request, refresh: bool) -> Outcome:
         """Run the rest of the chain once for this key; concurrent callers share the result.
 
         The first caller runs the exchange; later ones each wait on a future of their own
@@ -291,15 +291,15 @@ class Cache(Handler):
             flights.land(key, waiters, res)
         return res
 
-    def _fetched(self, req: Request, rec: Recorder, rc: int, refresh: bool) -> Fetched:
+    def _fetched(self, req: Request, rec: Recorder, rc: int, refresh: bool) -> Outcome:
         """What an exchange through the rest of the chain produced (stored if it may be)."""
         reply = rec.reply
-        entry = self.absorb(req, reply, refresh) if reply is not None else None
-        return Fetched(rc, reply, rec.plugin, entry, req.meta.get("error"))
+        entry = self.store_reply(req, reply, refresh) if reply is not None else None
+        return Outcome(rc, reply, rec.plugin, entry, req.meta.get("error"))
 
     # -- storing ----------------------------------------------------------------------------
 
-    def absorb(self, req: Request, reply: bytes, refresh: bool) -> Entry | None:
+    def store_reply(self, req: Request, reply: bytes, refresh: bool) -> Entry | None:
         """Store ``reply`` if it may be cached; the new entry or None.
 
         A reply that answers (NOERROR, NXDOMAIN) but is not stored still retires the entry it
