@@ -413,7 +413,7 @@ def finish_reply(q: Query, reply: bytes) -> bytes:
     except WireError:
         body = reply
     out = q.data[0:2] + body[2:]
-    if body[HEADER_LEN : HEADER_LEN + (q.q_end - HEADER_LEN)].lower() == q.question.lower():
+    if same_question(body, q.qname_lower, q.data[q.qname_end : q.q_end]):
         out = out[:HEADER_LEN] + q.question + out[q.q_end :]
     if q.has_opt:
         ar = (out[10] << 8 | out[11]) + 1
