@@ -71,6 +71,9 @@ def runtime_dir() -> str:
     else a private /tmp/linkdns-UID (mode 0700, ours, not a symlink)."""
     if _usable(RUN_DIR, 0o755):
         return RUN_DIR
+    if os.path.isdir(RUN_DIR):  # there (a DaemonSet's hostPath) but not ours to write
+        log.warning("hand-over: %s is not writable by uid %d: the control socket goes to a "
+                    "directory another container will not see", RUN_DIR, os.geteuid())
     xdg = os.environ.get("XDG_RUNTIME_DIR", "")
     if xdg and _usable(os.path.join(xdg, "linkdns"), 0o700):
         return os.path.join(xdg, "linkdns")
