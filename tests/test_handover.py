@@ -370,3 +370,14 @@ def test_the_old_instance_serves_again_when_its_successor_goes(
         assert third.stop() == 0, third.out
     finally:
         stop_all(old, *(d for d in (new, third) if d is not None))
+
+
+def test_an_unusable_control_path_does_not_stop_a_start(tmp_path: Path,
+                                                        conf: tuple[Path, int, int]) -> None:
+    path, port, _ = conf
+    d = start(path, "-handover.socket", str(tmp_path / "no" / "such" / "dir" / "ctl.sock"))
+    try:
+        assert "no control socket" in d.out
+        assert query(port, "x.example.", timeout=2).rcode() == dns.rcode.NOERROR
+    finally:
+        assert d.stop() == 0, d.out

@@ -231,6 +231,13 @@ class Predecessor:
         except (FileNotFoundError, ConnectionRefusedError):
             s.close()
             return None
+        except TimeoutError:
+            s.close()
+            raise
+        except OSError as e:  # not a socket, not ours to open: nobody to take over from
+            s.close()
+            log.warning("hand-over: cannot connect to %s: %s", path, e)
+            return None
         except BaseException:
             s.close()
             raise

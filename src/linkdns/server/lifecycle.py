@@ -128,7 +128,11 @@ class Server(Succession):
                 self._exposition = await workers.serve_exposition(
                     self.worker, lambda: generate_latest(reg))
             if self.handover_path is not None:
-                self._open_control(self.handover_path)
+                try:
+                    self._open_control(self.handover_path)
+                except OSError as e:  # serve anyway; only a successor will not find us
+                    log.error("hand-over: no control socket at %s: %s", self.handover_path, e)
+                    self._control = None
         except BaseException:
             if pred is not None:
                 pred.close()  # the predecessor keeps serving alone
