@@ -46,6 +46,9 @@ def type_label(qtype: int) -> str:
 #: a cache hit as the hit path notes it: (qtype high byte, qtype low byte, TCP, IPv6, the
 #: key's DO/CD byte, query length, reply length, reply byte 3 (rcode in its low bits))
 HitSig = tuple[int, int, bool, bool, int, int, int, int]
+#: distinct signatures the ledger holds before a new one folds it (its memory stays bounded
+#: however long nobody scrapes: ~256 x 200 bytes)
+LEDGER_MAX = 256
 
 
 class ZoneStats:
@@ -55,7 +58,8 @@ class ZoneStats:
     path builds no tuple; ``responses`` by ``(rcode, plugin)``. Cache hits are noted in
     ``hits``, a ledger of hit signatures (a handful of distinct ones: types x sizes x
     families) and their counts, one dict increment per hit; :meth:`fold` moves it into the
-    counters when they are read (the collector, on the loop).
+    counters when they are read (the collector, on the loop), or when it holds LEDGER_MAX
+    distinct signatures and a new one comes.
     """
 
     __slots__ = ("do_requests", "duration", "hits", "req_size", "requests", "resp_size",
@@ -75,7 +79,14 @@ class ZoneStats:
     def count_hit(self, sig: HitSig, secs: float) -> None:
         """A cache hit (the UDP hit path inlines this)."""
         hits = self.hits
-        hits[sig] = hits.get(sig, 0) + 1
+        c = hits.get(sig)
+        if c is None:
+            if len(hits) >= LEDGER_MAX:
+                self.fold()
+                hits = self.hits
+            hits[sig] = 1
+        else:
+            hits[sig] = c + 1
         d = self.duration
         d.counts[0 if secs <= FIRST_TIME else bisect_left(d.bounds, secs)] += 1
         d.sum += secs

@@ -24,7 +24,7 @@ from linkdns.server.frontdoor import (
     sized_opt,
 )
 from linkdns.server.sockets import UDPOut
-from linkdns.server.stats import FIRST_TIME
+from linkdns.server.stats import FIRST_TIME, LEDGER_MAX
 from linkdns.writer import UDPWriter
 
 if TYPE_CHECKING:
@@ -99,7 +99,14 @@ class UDPProtocol(asyncio.DatagramProtocol):
                             sig = (data[z + 1], data[z + 2], False, v6, flag, n, len(reply),
                                    reply[3])
                             hits = st.hits
-                            hits[sig] = hits.get(sig, 0) + 1
+                            c = hits.get(sig)
+                            if c is None:
+                                if len(hits) >= LEDGER_MAX:
+                                    st.fold()
+                                    hits = st.hits
+                                hits[sig] = 1
+                            else:
+                                hits[sig] = c + 1
                             secs = _perf() - t0
                             d = st.duration
                             d.counts[0 if secs <= FIRST_TIME else bisect_left(d.bounds, secs)] += 1
