@@ -161,6 +161,46 @@ class Load:
         return self.result
 
 
+class SlowUpstream:
+    """A FakeUpstream answering every query (A 192.0.2.1) after ``delay`` seconds, in a
+    process of its own (``python drill.py upstream DELAY``), so that the test process's
+    other threads never slow the answers the drill's client is waiting for."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.addr = ""
+        self.p: subprocess.Popen[str] | None = None
+
+    def __enter__(self) -> SlowUpstream:
+        self.p = subprocess.Popen([PY, __file__, "upstream", str(self.delay)],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.p.stdout is not None
+        self.addr = self.p.stdout.readline().strip()
+        if not self.addr:
+            raise RuntimeError("the upstream process did not start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        p, self.p = self.p, None
+        if p is None:
+            return
+        try:
+            p.communicate("stop\n", timeout=10)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def _upstream_main(delay: float) -> None:
+    from fakeupstream import FakeUpstream, Reply, a_records
+
+    with FakeUpstream() as up:
+        up.handler = lambda q, proto: Reply(a_records(q, 1), delay=delay)
+        print(up.addr, flush=True)
+        sys.stdin.readline()
+
+
 def _load_main() -> None:
     """The load process: arguments as one JSON line on stdin, "started", then the result
     as JSON once stdin says stop (or closes)."""
@@ -293,4 +333,7 @@ def alive(pid: int) -> bool:
 
 
 if __name__ == "__main__":
-    _load_main()
+    if sys.argv[1:2] == ["upstream"]:
+        _upstream_main(float(sys.argv[2]))
+    else:
+        _load_main()

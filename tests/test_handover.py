@@ -19,7 +19,7 @@ from pathlib import Path
 import dns.message
 import dns.rcode
 import pytest
-from drill import Daemon, Load, Result, alive, corefile
+from drill import Daemon, Load, Result, SlowUpstream, alive, corefile
 from fakeupstream import FakeUpstream, Reply, a_records
 from harness import free_port, http_get, query
 
@@ -32,15 +32,16 @@ UPSTREAM_DELAY = 0.02  # every miss is in flight this long: there is always some
 
 
 @pytest.fixture
-def slow_up(up: FakeUpstream) -> FakeUpstream:
-    up.handler = lambda q, proto: Reply(a_records(q, 1), delay=UPSTREAM_DELAY)
-    return up
+def drill_up() -> Iterator[SlowUpstream]:
+    """The drill's upstream, answering after UPSTREAM_DELAY, in a process of its own."""
+    with SlowUpstream(UPSTREAM_DELAY) as u:
+        yield u
 
 
 @pytest.fixture
-def conf(tmp_path: Path, slow_up: FakeUpstream) -> Iterator[tuple[Path, int, int]]:
+def conf(tmp_path: Path, drill_up: SlowUpstream) -> Iterator[tuple[Path, int, int]]:
     port, ready = free_port(), free_port()
-    yield corefile(tmp_path / "Corefile", port, slow_up.addr, ready, free_port()), port, ready
+    yield corefile(tmp_path / "Corefile", port, drill_up.addr, ready, free_port()), port, ready
 
 
 def start(conf: Path, *args: str) -> Daemon:
@@ -90,7 +91,7 @@ def overlap(conf: Path, port: int, proto: str, sig: int, drained: bool = False
 
 @pytest.mark.parametrize("proto", ["udp", "tcp"])
 def test_drill_a_sigterm_after_handover_loses_nothing(
-        conf: tuple[Path, int, int], slow_up: FakeUpstream, proto: str) -> None:
+        conf: tuple[Path, int, int], drill_up: SlowUpstream, proto: str) -> None:
     path, port, ready = conf
     result, old, new, _ = overlap(path, port, proto, signal.SIGTERM)
     try:
@@ -107,7 +108,7 @@ def test_drill_a_sigterm_after_handover_loses_nothing(
 
 @pytest.mark.parametrize("when", ["at-once", "after-drain"])
 def test_drill_b_sigkill_after_the_successor_serves(
-        conf: tuple[Path, int, int], slow_up: FakeUpstream, when: str) -> None:
+        conf: tuple[Path, int, int], drill_up: SlowUpstream, when: str) -> None:
     path, port, _ = conf
     result, _, new, killed = overlap(path, port, "udp", signal.SIGKILL,
                                      drained=when == "after-drain")
@@ -263,11 +264,12 @@ def test_default_path_follows_the_addresses_not_their_order() -> None:
 
 
 def test_query_answered_in_flight_at_the_hand_over_reaches_the_client(
-        conf: tuple[Path, int, int], slow_up: FakeUpstream) -> None:
+        tmp_path: Path, up: FakeUpstream) -> None:
     """A miss the old instance read just before the successor took over is answered by the
     old one (through a duplicate of the UDP socket) after it stopped reading."""
-    path, port, _ = conf
-    slow_up.handler = lambda q, proto: Reply(a_records(q, 1), delay=1.0)
+    port = free_port()
+    path = corefile(tmp_path / "Corefile", port, up.addr, free_port(), free_port())
+    up.handler = lambda q, proto: Reply(a_records(q, 1), delay=1.0)
     old = start(path)
     new: Daemon | None = None
     try:
@@ -275,7 +277,7 @@ def test_query_answered_in_flight_at_the_hand_over_reaches_the_client(
         s.settimeout(4)
         q = dns.message.make_query("slow.example.", "A")
         s.sendto(q.to_wire(), ("127.0.0.1", port))
-        slow_up.wait_for(1)  # the old instance has it in flight
+        up.wait_for(1)  # the old instance has it in flight
         new = start(path)
         new.wait_for("hand-over: serving")
         reply = dns.message.from_wire(s.recv(4096))
@@ -286,11 +288,11 @@ def test_query_answered_in_flight_at_the_hand_over_reaches_the_client(
         stop_all(old, *([new] if new else []))
 
 
-def test_workers_hand_over_worker_by_worker(tmp_path: Path, slow_up: FakeUpstream) -> None:
+def test_workers_hand_over_worker_by_worker(tmp_path: Path, drill_up: SlowUpstream) -> None:
     """-workers N: worker i of the successor takes worker i's sockets (its own SO_REUSEPORT
     sockets, DNS and HTTP) over."""
     port, ready, metrics = free_port(), free_port(), free_port()
-    path = corefile(tmp_path / "Corefile", port, slow_up.addr, ready, metrics)
+    path = corefile(tmp_path / "Corefile", port, drill_up.addr, ready, metrics)
     old = Daemon("-conf", str(path), "-workers", "2")
     new: Daemon | None = None
     try:
@@ -337,7 +339,7 @@ async def test_a_reload_that_changes_the_addresses_moves_the_control_socket(
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_the_old_instance_serves_again_when_its_successor_goes(
-        conf: tuple[Path, int, int], slow_up: FakeUpstream, sig: int) -> None:
+        conf: tuple[Path, int, int], drill_up: SlowUpstream, sig: int) -> None:
     """A successor that dies (or is stopped) while the old instance idles: the old one
     serves the same sockets again, and can hand them over again."""
     path, port, ready = conf
