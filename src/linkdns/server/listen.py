@@ -22,7 +22,7 @@ from linkdns import wire
 from linkdns.request import Request
 from linkdns.server import frontdoor
 from linkdns.server.frontdoor import Route, Router
-from linkdns.server.sockets import UDPOut, bind_pair, inherited_pair, server_label
+from linkdns.server.sockets import TCP_BACKLOG, UDPOut, bind_pair, inherited_pair, server_label
 from linkdns.server.stats import ServerStats
 from linkdns.writer import Writer
 
@@ -108,7 +108,8 @@ class Listener(Router):
         usock.setblocking(False)
         tsock.setblocking(False)
         self.udp, _ = await loop.create_datagram_endpoint(udp, sock=usock)
-        self.tcp = await loop.create_server(tcp, sock=tsock)
+        # backlog: create_server listens again (100 by default); keep sockets.TCP_BACKLOG
+        self.tcp = await loop.create_server(tcp, sock=tsock, backlog=TCP_BACKLOG)
 
     def fds(self) -> list[int]:
         """The listening sockets' fds (UDP, TCP), for a successor."""

@@ -10,6 +10,8 @@ from typing import Any
 
 log = logging.getLogger("linkdns.server")
 
+TCP_BACKLOG = 1024  # connections the kernel completes before they are accepted
+
 
 def bind_pair(host: str, port: int, reuse_port: bool) -> tuple[socket.socket, socket.socket]:
     """UDP and TCP (listening) on ``host`` (empty: every address) and ``port``; with port 0
@@ -36,7 +38,7 @@ def bind_pair(host: str, port: int, reuse_port: bool) -> tuple[socket.socket, so
             if port == 0 and attempt < 19:
                 continue  # ephemeral UDP port taken for TCP: pick another
             raise
-        tsock.listen(1024)
+        tsock.listen(TCP_BACKLOG)
         return usock, tsock
     raise OSError(f"no port free for both UDP and TCP on {addr}")
 
