@@ -1,7 +1,7 @@
 """cache: the synchronous hit path gives byte-for-byte what the slow path renders.
 
 ``Cache.hit`` (template copy + patches) and ``policy.render`` (struct per TTL offset, flags from
-the query, ``wire.finish_reply``) are written apart on purpose; these tests pin them together
+the query, ``replies.finish_reply``) are written apart on purpose; these tests pin them together
 for a grid of queries, then check the eviction and classification rules at the unit level.
 """
 

@@ -31,6 +31,7 @@ from fakeupstream import (
 )
 from harness import Running, free_port
 
+from linkdns import replies
 from linkdns.plugins.forward import Forward
 from linkdns.plugins.forward import udp as fwd_udp
 
@@ -386,5 +387,5 @@ def test_added_opt_goes_before_another_additional_record() -> None:
     q = dns.message.make_query("a.test.", "A")
     q.additional.append(dns.rrset.from_text("a.test.", 0, "IN", "A", "192.0.2.1"))
     out = _forward("bufsize 1400").prepare(_scan(q.to_wire()))
-    _, records = wire.walk(out)
+    _, records = replies.walk(out)
     assert [r.rtype for r in records] == [wire.T_OPT, wire.T_A]

@@ -15,7 +15,7 @@ from fakeupstream import Drop, FakeUpstream, Reply, a_records
 from harness import Running
 from test_forward import corefile, forwards, sample
 
-from linkdns import wire
+from linkdns import replies, wire
 from linkdns.errors import UpstreamError, WireError
 from linkdns.plugins.cache.handler import Cache
 from linkdns.plugins.forward import udp as fwd_udp
@@ -26,7 +26,7 @@ from linkdns.writer import Recorder
 
 def walks(data: bytes) -> bool:
     try:
-        wire.walk(data)
+        replies.walk(data)
     except WireError:
         return False
     return True
@@ -124,7 +124,7 @@ def test_cancelling_a_waiter_of_a_shared_cache_fetch(up: FakeUpstream) -> None:
     assert isinstance(rcs[1], asyncio.CancelledError)
     assert rcs[0] == rcs[2] == wire.NOERROR
     assert recs[0].reply is not None and recs[2].reply is not None
-    assert wire.walk(recs[0].reply)[1][0].ttl == 60
+    assert replies.walk(recs[0].reply)[1][0].ttl == 60
     assert inflight == 0 and up.count() == 1
 
 

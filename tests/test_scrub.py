@@ -22,7 +22,7 @@ from fakeupstream import FakeUpstream, answer
 from harness import Running
 from test_forward import corefile, sample
 
-from linkdns import wire
+from linkdns import replies, wire
 from linkdns.plugins.forward.scrub import scrub
 
 RR = tuple[str, int, str, str]  # name, ttl, type, rdata
@@ -284,6 +284,6 @@ def test_mutated_replies_never_raise_and_rebuilds_read_back() -> None:
         mutated = bytes(data)
         out = run(mutated, "c.test.", "A")
         if out is not None and out is not mutated:
-            wire.walk(out)  # raises WireError if the rebuild broke the message
+            replies.walk(out)  # raises WireError if the rebuild broke the message
             rebuilt += 1
     assert rebuilt > 100

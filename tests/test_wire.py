@@ -9,7 +9,7 @@ import dns.rcode
 import dns.rrset
 import pytest
 
-from linkdns import message, wire
+from linkdns import message, replies, wire
 
 
 def reply_with(n: int, name: str = "x.example.org.", use_edns: int = -1) -> dns.message.Message:
@@ -44,7 +44,7 @@ def test_small_edns_size_counts_as_512() -> None:
 @pytest.mark.parametrize("n", [1, 20, 40])
 def test_walk_finds_every_record_and_ttl_offset(n: int) -> None:
     w = reply_with(n).to_wire()
-    _, rrs = wire.walk(w)
+    _, rrs = replies.walk(w)
     assert len(rrs) == n
     assert all(w[r.ttl_offset : r.ttl_offset + 4] == (60).to_bytes(4, "big") for r in rrs)
 
@@ -82,7 +82,7 @@ def test_finish_reply_puts_client_id_case_and_opt() -> None:
     upstream = reply_with(2, "mixed.example.org.", use_edns=0)
     upstream.id = 999
     upstream.use_edns(0, payload=4096)
-    out = wire.finish_reply(s, upstream.to_wire())
+    out = replies.finish_reply(s, upstream.to_wire())
     m = dns.message.from_wire(out)
     assert m.id == q.id
     assert str(m.question[0].name) == "MiXeD.example.org."
@@ -93,7 +93,7 @@ def test_finish_reply_strips_opt_for_a_client_without_edns() -> None:
     q = dns.message.make_query("a.example.org.", "A")
     _, s = wire.scan_query(q.to_wire())
     assert s is not None
-    out = wire.finish_reply(s, reply_with(1, "a.example.org.", use_edns=0).to_wire())
+    out = replies.finish_reply(s, reply_with(1, "a.example.org.", use_edns=0).to_wire())
     assert dns.message.from_wire(out).edns == -1
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import dnslib
 
-from linkdns import wire
+from linkdns import replies, wire
 from linkdns.errors import WireError
 
 
@@ -39,12 +39,12 @@ def truncate(buf: bytes, size: int) -> bytes:
     if len(smaller) <= size:
         return smaller
     try:
-        return wire.truncate_wire(smaller, size)
+        return replies.truncate_wire(smaller, size)
     except WireError:
         # Can't walk it: answer with the header and question only, TC set.
         q_end = wire.HEADER_LEN
         try:
-            q_end, _ = wire.walk(smaller)
+            q_end, _ = replies.walk(smaller)
         except WireError:
             pass
         head = bytearray(smaller[:q_end])

@@ -9,7 +9,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from linkdns import wire
+from linkdns import replies
 from linkdns.request import Request
 
 
@@ -37,7 +37,7 @@ class Writer:
 
     def write(self, reply: bytes, plugin: str = "") -> None:
         """Send ``reply`` (any ID/OPT: made to fit the client here)."""
-        out = wire.finish_reply(self.req.q, reply)
+        out = replies.finish_reply(self.req.q, reply)
         self.send(out, plugin)
 
     def send(self, out: bytes, plugin: str = "") -> None:

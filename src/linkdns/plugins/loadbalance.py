@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 
-from linkdns import wire
+from linkdns import replies, wire
 from linkdns.corefile import Directive
 from linkdns.errors import WireError
 from linkdns.plugin import Handler, PluginSpec, err, register
@@ -37,10 +37,10 @@ def shuffle(buf: bytearray) -> None:
     if len(buf) < 12 or (buf[6] == 0 and buf[7] < 2):
         return
     try:
-        _, rrs = wire.walk(buf)
+        _, rrs = replies.walk(buf)
     except WireError:
         return
-    groups: dict[tuple[bytes, int], list[wire.RR]] = {}
+    groups: dict[tuple[bytes, int], list[replies.RR]] = {}
     for r in rrs:
         if r.section == 0 and r.rtype in _ADDRESS:
             groups.setdefault((bytes(buf[r.start : r.rdata - 10]), r.rtype), []).append(r)

@@ -2,14 +2,14 @@
 
 Classification follows CoreDNS's ``response.Typify`` with the stricter RFC 2308 reading the
 issue asks for: NXDOMAIN needs an SOA in authority and no answers. Everything here works on
-wire bytes (``wire.walk``); dnslib is not needed to store a reply.
+wire bytes (``replies.walk``); dnslib is not needed to store a reply.
 """
 
 from __future__ import annotations
 
 import struct
 
-from linkdns import wire
+from linkdns import replies, wire
 from linkdns.errors import WireError
 from linkdns.plugins.cache.store import DENIAL, SERVFAIL, SUCCESS, Entry, Popular
 from linkdns.wire import Query, reply_opt
@@ -19,7 +19,7 @@ _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 
 
-def classify(flags: int, rrs: list[wire.RR]) -> int | None:
+def classify(flags: int, rrs: list[replies.RR]) -> int | None:
     """SUCCESS, DENIAL, SERVFAIL or None (never cached) for a reply without OPT."""
     if flags & wire.TC:
         return None
@@ -42,14 +42,14 @@ def classify(flags: int, rrs: list[wire.RR]) -> int | None:
     return None
 
 
-def min_ttl(rrs: list[wire.RR]) -> int:
+def min_ttl(rrs: list[replies.RR]) -> int:
     """The lowest TTL of all records (the OPT was stripped already); 5 s if there are none."""
     if not rrs:
         return DEFAULT_TTL
     return min([r.ttl for r in rrs])
 
 
-def denial_ttl(body: bytes, rrs: list[wire.RR]) -> int:
+def denial_ttl(body: bytes, rrs: list[replies.RR]) -> int:
     """The TTL of a denial (NXDOMAIN, NODATA): the lowest TTL of its records, where the
     SOA's counts as min(SOA TTL, SOA MINIMUM) (RFC 2308 §5, as unbound; CoreDNS takes the
     SOA's own TTL only). The cache's ``denial`` floor and cap apply after this."""
@@ -67,7 +67,7 @@ class Parsed:
 
     __slots__ = ("body", "kind", "rrs")
 
-    def __init__(self, body: bytes, rrs: list[wire.RR], kind: int) -> None:
+    def __init__(self, body: bytes, rrs: list[replies.RR], kind: int) -> None:
         self.body = body
         self.rrs = rrs
         self.kind = kind
@@ -78,7 +78,7 @@ def parse_reply(q: Query, reply: bytes) -> Parsed | None:
     if q.qtype in (wire.T_AXFR, wire.T_IXFR) or q.key[-1] & wire.SIGNED:
         return None  # a zone transfer, or the answer to a signed (TSIG, SIG(0)) query
     try:
-        _, all_rrs = wire.walk(reply)
+        _, all_rrs = replies.walk(reply)
     except WireError:
         return None
     opts = [r for r in all_rrs if r.rtype == wire.T_OPT and r.section == 2]
@@ -91,8 +91,8 @@ def parse_reply(q: Query, reply: bytes) -> Parsed | None:
         body = reply[:10] + _U16.pack(ar) + reply[12 : opts[0].start]
         rrs = all_rrs[:-1]
     elif opts:
-        body = wire.strip_opt(reply)
-        _, rrs = wire.walk(body)
+        body = replies.strip_opt(reply)
+        _, rrs = replies.walk(body)
     kind = classify((body[2] << 8) | body[3], rrs)
     if kind is None:
         return None
@@ -115,7 +115,7 @@ def render(e: Entry, q: Query, ttl: int) -> bytes:
     """The slow path's rendering of an entry for ``q`` with ``ttl`` on every record.
 
     Deliberately written apart from the hit path (struct per offset, flags from the query,
-    the lowercased question from the key, ``wire.finish_reply`` for ID, question case and
+    the lowercased question from the key, ``replies.finish_reply`` for ID, question case and
     OPT) so tests can compare the two.
     """
     rest = bytearray(e.rest)
@@ -129,7 +129,7 @@ def render(e: Entry, q: Query, ttl: int) -> bytes:
         flags |= wire.AD
     counts = bytes(e.head.plain[2:])  # QD, AN, NS, AR (without OPT)
     question = q.key[: q.q_end - wire.HEADER_LEN]
-    return wire.finish_reply(q, _U16.pack(0) + _U16.pack(flags) + counts + question + rest)
+    return replies.finish_reply(q, _U16.pack(0) + _U16.pack(flags) + counts + question + rest)
 
 
 #: the OPT of a reply without a cookie, by the client's UDP size (without / with DO)

@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Final
 
-from linkdns import wire
+from linkdns import replies, wire
 from linkdns.errors import UpstreamError, WireError
 from linkdns.plugins.forward.scrub import T_TSIG, scrub
 
@@ -125,7 +125,7 @@ def _bare_error(data: bytes) -> bool:
     if data[4:10] != b"\x00" * 6 or data[3] & 0x0F in (wire.NOERROR, wire.NXDOMAIN):
         return False
     try:
-        _, rrs = wire.walk(data)
+        _, rrs = replies.walk(data)
     except WireError:
         return False
     return all(r.rtype in (wire.T_OPT, T_TSIG) for r in rrs)
@@ -135,7 +135,7 @@ def with_question(reply: bytes, q: wire.Query) -> bytes:
     """A bare error reply with ``q``'s question put in (clients check it), unless it ends in a
     TSIG: a forwarder passes a signed exchange on unchanged (RFC 8945 §5.5)."""
     try:
-        _, rrs = wire.walk(reply)
+        _, rrs = replies.walk(reply)
     except WireError:
         return reply
     if rrs and rrs[-1].rtype == T_TSIG:
@@ -144,7 +144,7 @@ def with_question(reply: bytes, q: wire.Query) -> bytes:
 
 
 def parses(data: bytes) -> bool:
-    """True when ``data`` reads as a DNS message at all: exactly what ``wire.walk`` accepts
+    """True when ``data`` reads as a DNS message at all: exactly what ``replies.walk`` accepts
     (names within bounds, record headers and data within bounds, nothing after the last
     record), checked without building the record list (the cache walks a reply it stores)."""
     n = len(data)
