@@ -5,15 +5,17 @@ upstream exchange per identical query) share it. The first caller leads: it runs
 lands the result; the others follow, each on a future of its own (so the leader creates none,
 and a cancelled follower disturbs nobody)::
 
-    fut = flights.follow(key)
-    if fut is not None:
-        return await fut
+    waiters = flights.waiting.get(key)
+    if waiters is not None:
+        return await flights.follow(waiters)
     waiters = flights.lead(key)
     res = failed
     try:
         res = await work()
     finally:
         flights.land(key, waiters, res)
+
+The miss paths read ``waiting`` and make the leader's list themselves (a call less per miss).
 """
 
 from __future__ import annotations
@@ -36,16 +38,11 @@ class Flights(Generic[K, V]):
     def __len__(self) -> int:
         return len(self.waiting)
 
-    def __contains__(self, key: K) -> bool:
-        return key in self.waiting
-
-    def follow(self, key: K, loop: asyncio.AbstractEventLoop | None = None
-               ) -> asyncio.Future[V] | None:
-        """A future of the caller's own for the work in flight for ``key``; None when there
-        is none (the caller leads)."""
-        waiters = self.waiting.get(key)
-        if waiters is None:
-            return None
+    @staticmethod
+    def follow(waiters: list[asyncio.Future[V]], loop: asyncio.AbstractEventLoop | None = None
+               ) -> asyncio.Future[V]:
+        """A future of the caller's own among ``waiters`` (``waiting[key]``, the work in flight
+        for that key), resolved when the work lands."""
         fut: asyncio.Future[V] = (loop or asyncio.get_running_loop()).create_future()
         waiters.append(fut)
         return fut

@@ -209,11 +209,12 @@ class Cache(Handler):
             self.misses += 1
             nxt = self.next
             flights = self._flights
-            if nxt is None or key in flights:
+            if nxt is None or key in flights.waiting:
                 return self.answer(req, w, await self.fetch(req, False))
             # The first miss of this key: fetch() inlined (one coroutine layer less; the
             # tests of identical misses in flight see both).
-            waiters = flights.lead(key)
+            waiters: list[asyncio.Future[Outcome]] = []
+            flights.waiting[key] = waiters
             res = _FAILED
             try:
                 rec = Recorder(req)
@@ -277,9 +278,9 @@ class Cache(Handler):
         (so the first creates none, and a cancelled waiter disturbs nobody)."""
         key = req.q.key
         flights = self._flights
-        fut = flights.follow(key)
-        if fut is not None:
-            return await fut
+        waiters = flights.waiting.get(key)
+        if waiters is not None:
+            return await flights.follow(waiters)
         waiters = flights.lead(key)
         res = _FAILED
         try:

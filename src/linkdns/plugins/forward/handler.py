@@ -136,13 +136,14 @@ class Forward(Handler):
         # others wait on a future of their own (cancelling one never disturbs the rest).
         key = (q.key, q.flags & _SHARE_FLAGS, proto, q.has_opt, q.udp_size)
         flights = self.flights
-        fut = flights.follow(key, self.loop)
+        waiters = flights.waiting.get(key)
         self.concurrent += 1
         try:
-            if fut is not None:
-                reply, err = await fut
+            if waiters is not None:
+                reply, err = await flights.follow(waiters, self.loop)
             else:
-                waiters = flights.lead(key)
+                waiters = []
+                flights.waiting[key] = waiters
                 res = _CANCELLED
                 try:
                     res = await self._exchange(q, proto)
