@@ -111,26 +111,31 @@ def write_chart(results: dict[str, Any], path: Path) -> str:
     except ImportError:
         return f"matplotlib not importable: skipped {path.name} (pip install matplotlib)"
     servers: list[str] = results["meta"]["servers"]
-    fig, ax = plt.subplots(figsize=(8, 4.8))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
     colors = {"linkdns": "tab:blue", "unbound": "tab:orange", "dnsmasq": "tab:green"}
-    for s in servers:
-        for with_edns, style in ((True, "-"), (False, "--")):
-            pts = [(size_of(n), got[n]["servers"].get(s, {}).get("qps"))
-                   for n in NAMES if n in got and edns(n) == with_edns]
-            pts = sorted((x, y) for x, y in pts if y)
-            if not pts:
-                continue
-            ax.plot([x for x, _ in pts], [y for _, y in pts], style, marker="o",
-                    color=colors.get(s), label=f"{s} ({'EDNS' if with_edns else 'no EDNS'})")
-    ax.set_xscale("log")
-    ax.set_xticks(sorted(SIZES.values()))
-    ax.set_xticklabels([f"{v // 1000}k" for v in sorted(SIZES.values())])
-    ax.set_xlabel("distinct query shapes in the working set (cache hits, shuffled)")
-    ax.set_ylabel("max QPS (dnsperf, one server core)")
-    ax.set_ylim(bottom=0)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title(f"hit QPS vs working set, {results['meta']['started']} (same run)", fontsize=10)
+    panels = (("qps", "max QPS (dnsperf, one server core; higher is better)"),
+              ("cpu_us_per_query", "server CPU µs per query (lower is better)"))
+    for ax, (metric, label) in zip(axes, panels, strict=True):
+        for s in servers:
+            for with_edns, style in ((True, "-"), (False, "--")):
+                pts = [(size_of(n), got[n]["servers"].get(s, {}).get(metric))
+                       for n in NAMES if n in got and edns(n) == with_edns]
+                pts = sorted((x, y) for x, y in pts if y)
+                if not pts:
+                    continue
+                ax.plot([x for x, _ in pts], [y for _, y in pts], style, marker="o",
+                        color=colors.get(s), label=f"{s} ({'EDNS' if with_edns else 'no EDNS'})")
+        ax.set_xscale("log")
+        ax.set_xticks(sorted(SIZES.values()))
+        ax.set_xticklabels([f"{v // 1000}k" for v in sorted(SIZES.values())])
+        ax.set_xlabel("distinct query shapes in the working set (cache hits, shuffled)")
+        ax.set_ylabel(label)
+        ax.set_ylim(bottom=0)
+        ax.grid(True, alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"hit QPS and CPU per query vs working set, {results['meta']['started']} "
+                 "(same run; QPS also reflects each server's share of a shared core)",
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
