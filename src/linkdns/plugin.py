@@ -67,6 +67,9 @@ class Handler:
     #: front of the cache that lowers the client's size, or rewrites a hit's reply)
     hit_sizes: ClassVar[bool] = False
     hit_rewrites: ClassVar[bool] = False
+    #: True for a plugin that answers from an upstream of its own: forward's ``next RCODE...``
+    #: hands a reply with one of those rcodes on only to such a plugin (CoreDNS: another forward)
+    upstream_alternative: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.next: Handler | None = None

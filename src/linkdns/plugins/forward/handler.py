@@ -49,6 +49,7 @@ _SHARE_FLAGS = wire.RD | wire.CD | wire.AD
 
 class Forward(Handler):
     name = "forward"
+    upstream_alternative = True  # another forward's ``next`` may hand its reply here
 
     def __init__(self, cfg: ForwardConfig, env: Env) -> None:
         super().__init__()
@@ -155,9 +156,10 @@ class Forward(Handler):
         if reply is None:
             req.meta["error"] = err
             return wire.SERVFAIL
-        if cfg.next_rcodes and (reply[3] & 0x0F) in cfg.next_rcodes and isinstance(
-                self.next, Forward):
-            return await self.next.serve(req, w)
+        nxt = self.next
+        if cfg.next_rcodes and (reply[3] & 0x0F) in cfg.next_rcodes and (
+                nxt is not None and nxt.upstream_alternative):
+            return await nxt.serve(req, w)
         if not reply[3] & 0x80:
             # RA as in every reply linkdns sends (an upstream's REFUSED often comes without).
             reply = reply[:3] + bytes((reply[3] | 0x80,)) + reply[4:]
