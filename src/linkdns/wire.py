@@ -178,7 +178,8 @@ def _signed(data: bytes, off: int) -> bool:
 
 def _scan_body(q: Query, data: bytes, ar: int) -> int:
     """Read the question (plain labels only: no compression pointer in a query's only name)
-    and the OPT of ``q``; 0 or the rcode to answer with."""
+    and the OPT of ``q``; 0 or the rcode to answer with. Its name loop is a speed copy of
+    ``skip_name`` that also records the label offsets (tests/test_name_walkers.py)."""
     n = len(data)
     off = HEADER_LEN
     labels = q.labels
@@ -257,15 +258,28 @@ def same_question(reply: bytes, lname: bytes, tail: bytes) -> bool:
 
 
 def skip_name(buf: bytes | bytearray, off: int) -> int:
-    """Offset just past a (possibly compressed) name starting at ``off``."""
+    """Offset just past the (possibly compressed) name starting at ``off``.
+
+    The reference name walker, bounded: a compression pointer ends the name and is not
+    followed (so no pointer loop), the labels in place take at most 254 bytes (a name is at
+    most 255 with its root: RFC 1035 §3.1, which bounds it to 127 labels), and a name that
+    runs past the end or has a bad label type raises WireError. The walkers that do not call
+    it are speed copies pinned against it by tests/test_name_walkers.py: wire's question scan,
+    the cache's ``store.name_end``, forward's ``transport.parses`` and ``scrub.read_name``.
+    """
     n = len(buf)
+    start = off
     while True:
         if off >= n:
             raise WireError("name runs past the end of the message")
         ln = buf[off]
         if ln == 0:
+            if off - start > 254:
+                raise WireError("name longer than 255 bytes")
             return off + 1
         if ln & 0xC0 == 0xC0:
+            if off - start > 254:
+                raise WireError("name longer than 255 bytes")
             if off + 2 > n:
                 raise WireError("truncated compression pointer")
             return off + 2

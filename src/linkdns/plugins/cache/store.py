@@ -122,7 +122,9 @@ def _slot(i: int) -> int:
 
 
 def name_end(data: bytes | bytearray) -> int:
-    """The offset just past the (uncompressed) question name of ``data``."""
+    """The offset just past the (uncompressed) question name of ``data``, a reply walked
+    already: a speed copy of ``wire.skip_name`` without its bounds (a call and three tests
+    less per label on every store; tests/test_name_walkers.py pins it)."""
     end = HEADER_LEN
     while data[end]:
         end += data[end] + 1

@@ -56,7 +56,9 @@ def read_name(data: bytes, off: int, names: Names) -> tuple[bytes, int] | None:
     None if it is not a valid name (out of bounds, a bad label type, over 255 bytes, or a
     compression pointer that does not point before the labels it ends: so no loop). ``names``
     memoizes names by the offset they were read at: a pointer to a name read before (a CNAME
-    target, the question) costs a dict lookup."""
+    target, the question) costs a dict lookup. A speed copy of ``wire.skip_name`` that follows
+    pointers: where it reads a name, skip_name ends at the same offset; where skip_name fails,
+    so does it (tests/test_name_walkers.py)."""
     n = len(data)
     start = pos = off
     end = -1
