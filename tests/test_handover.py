@@ -25,7 +25,7 @@ from harness import free_port, http_get, query
 
 from linkdns.config import build_sites
 from linkdns.corefile import parse_corefile
-from linkdns.server import handover
+from linkdns.server import handover, handover_messages
 from linkdns.server.lifecycle import Server
 
 UPSTREAM_DELAY = 0.02  # every miss is in flight this long: there is always some in flight
@@ -159,9 +159,9 @@ def test_handover_off_binds_as_before(conf: tuple[Path, int, int]) -> None:
 def test_check_peer_refuses_another_uid() -> None:
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     with a, b:
-        assert handover.check_peer(a).pid == os.getpid()
-        with pytest.raises(handover.HandoverError, match="refused"):
-            handover.check_peer(a, uid=os.geteuid() + 1)
+        assert handover_messages.check_peer(a).pid == os.getpid()
+        with pytest.raises(handover_messages.HandoverError, match="refused"):
+            handover_messages.check_peer(a, uid=os.geteuid() + 1)
 
 
 def fork_as_nobody(fn: Callable[[], int]) -> int:

@@ -110,7 +110,7 @@ def validate(path: str, dns_port: int, quiet: bool = False) -> int:
 def handover_path(flag: str, keys: list[tuple[str, int]], worker: Worker | None) -> str | None:
     """The control socket: ``-handover.socket`` (per worker: ``.wN`` appended), derived from
     the listen addresses when empty, None when ``none`` or not derivable (port 0)."""
-    from linkdns.server import handover
+    from linkdns.server import handover, handover_messages
 
     if flag == "none":
         return None
@@ -118,7 +118,7 @@ def handover_path(flag: str, keys: list[tuple[str, int]], worker: Worker | None)
         return flag if worker is None else f"{flag}.w{worker.index}"
     try:
         return handover.default_path(keys, None if worker is None else worker.index)
-    except (OSError, handover.HandoverError) as e:
+    except (OSError, handover_messages.HandoverError) as e:
         log.warning("hand-over off: no runtime directory for its socket: %s", e)
         return None
 
@@ -127,7 +127,7 @@ async def serve(path: str, dns_port: int, drain: float, worker: Worker | None = 
                 node: nodelocal.NodeLocal | None = None, max_inflight: int = MAX_INFLIGHT,
                 handover: str = "") -> int:
     from linkdns.corefile import load_corefile
-    from linkdns.server.handover import HandoverError
+    from linkdns.server.handover_messages import HandoverError
     from linkdns.server.lifecycle import Server
 
     try:

@@ -26,21 +26,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import socket
 import stat
-import struct
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Any
+
+from linkdns.server.handover_messages import (
+    MAX_FDS,
+    VERSION,
+    HandoverError,
+    Peer,
+    check_peer,
+    recv,
+    send,
+)
 
 log = logging.getLogger("linkdns.handover")
 
-VERSION = 1
-MAX_FDS = 200  # fds per packet (the kernel takes up to 253)
-MAX_MSG = 65536
 HELLO_TIMEOUT = 10.0  # successor: for the sockets (the old instance runs its hooks first)
 SERVING_TIMEOUT = 60.0  # old instance: for the successor to start its plugins and serve
 BYE_TIMEOUT = 5.0
@@ -49,10 +52,6 @@ RUN_DIR = "/run/linkdns"
 
 #: what a socket serves: ("dns", host, port) or ("http", host, port), as configured
 Key = tuple[str, str, int]
-
-
-class HandoverError(Exception):
-    """The hand-over was refused or broke off."""
 
 
 # -- where ----------------------------------------------------------------------------------
@@ -103,87 +102,6 @@ def default_path(keys: Iterable[tuple[str, int]], worker: int | None = None) -> 
     if worker is not None:
         name += f".w{worker}"
     return os.path.join(runtime_dir(), name + ".sock")
-
-
-# -- who ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Peer:
-    pid: int
-    uid: int
-    gid: int
-
-
-def peer_of(sock: socket.socket) -> Peer:
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    pid, uid, gid = struct.unpack("3i", raw)
-    return Peer(pid, uid, gid)
-
-
-def check_peer(sock: socket.socket, uid: int | None = None) -> Peer:
-    """The connected peer, if it runs as ``uid`` (default: our effective uid)."""
-    p = peer_of(sock)
-    want = os.geteuid() if uid is None else uid
-    if p.uid != want:
-        raise HandoverError(f"peer pid {p.pid} runs as uid {p.uid}, not {want}: refused")
-    return p
-
-
-# -- messages -------------------------------------------------------------------------------
-
-
-async def _wait(sock: socket.socket, write: bool, timeout: float) -> None:
-    loop = asyncio.get_running_loop()
-    fut: asyncio.Future[None] = loop.create_future()
-
-    def ready() -> None:
-        if not fut.done():
-            fut.set_result(None)
-
-    fd = sock.fileno()
-    (loop.add_writer if write else loop.add_reader)(fd, ready)
-    try:
-        await asyncio.wait_for(fut, timeout)
-    finally:
-        (loop.remove_writer if write else loop.remove_reader)(fd)
-
-
-async def send(sock: socket.socket, msg: dict[str, Any], fds: list[int] | None = None,
-               timeout: float = BYE_TIMEOUT) -> None:
-    data = json.dumps(msg).encode()
-    while True:
-        try:
-            socket.send_fds(sock, [data], fds or [])
-            return
-        except BlockingIOError:
-            await _wait(sock, True, timeout)
-
-
-async def recv(sock: socket.socket, timeout: float) -> tuple[dict[str, Any], list[int]]:
-    """One message and the fds that came with it; HandoverError on EOF or garbage."""
-    while True:
-        try:
-            data, fds, flags, _ = socket.recv_fds(sock, MAX_MSG, MAX_FDS)
-            break
-        except BlockingIOError:
-            await _wait(sock, False, timeout)
-    try:
-        if not data:
-            raise HandoverError("peer closed the connection")
-        if flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC):
-            raise HandoverError("message or file descriptors truncated")
-        try:
-            msg = json.loads(data)
-        except ValueError:
-            raise HandoverError("malformed message") from None
-        if not isinstance(msg, dict) or msg.get("version") != VERSION:
-            raise HandoverError(f"unknown message or protocol version: {data[:80]!r}")
-    except BaseException:
-        for fd in fds:
-            os.close(fd)
-        raise
-    return msg, fds
 
 
 # -- the successor's side -------------------------------------------------------------------

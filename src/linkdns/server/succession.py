@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from linkdns import http
-from linkdns.server import handover
+from linkdns.server import handover, handover_messages
 
 if TYPE_CHECKING:
     from linkdns.server.listen import Listener
@@ -49,13 +49,13 @@ class Succession:
                                          gone=self._successor_gone)
         self._control.open()
 
-    def _successor_gone(self, peer: handover.Peer) -> None:
+    def _successor_gone(self, peer: handover_messages.Peer) -> None:
         if not self.stopping and self.handed_over:
             # not spawn(): a drain in progress would wait for it while it waits for the drain
             self.background["resume"] = asyncio.get_running_loop().create_task(
                 self._resume(peer))
 
-    async def _resume(self, peer: handover.Peer) -> None:
+    async def _resume(self, peer: handover_messages.Peer) -> None:
         """The successor stopped or died while this instance idled: serve the same sockets
         again (the duplicates kept at the hand-over) and listen for the next successor."""
         if self._retired is not None:
@@ -116,7 +116,7 @@ class Succession:
         """The (address, port) pairs the DNS listeners serve ("" = every address)."""
         return sorted({(a, s.port) for s in self.sites for a in s.addrs or [""]})
 
-    def _handed_over(self, peer: handover.Peer) -> None:
+    def _handed_over(self, peer: handover_messages.Peer) -> None:
         kept: dict[handover.Key, list[socket.socket]] = {}
         for key, fd in self.listening():
             kept.setdefault(key, []).append(socket.socket(fileno=os.dup(fd)))
