@@ -25,8 +25,8 @@ def settle(srv: Running) -> None:
     assert isinstance(cache, Cache)
 
     async def wait() -> None:
-        while cache._tasks:
-            await asyncio.wait(set(cache._tasks), timeout=3)
+        while cache.background.tasks:
+            await asyncio.wait(set(cache.background.tasks), timeout=3)
 
     srv.call(wait(), timeout=5)
 

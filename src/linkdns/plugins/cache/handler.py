@@ -14,7 +14,6 @@ flags; a reply that is not stored passes through with the AA policy and the AD r
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 import time
 from typing import TYPE_CHECKING, Any
@@ -24,6 +23,7 @@ from linkdns.clock import Clock
 from linkdns.flight import Flights
 from linkdns.plugin import Handler
 from linkdns.plugins.cache import policy
+from linkdns.plugins.cache.background import Background, detached
 from linkdns.plugins.cache.policy import assemble, client_opt
 from linkdns.plugins.cache.setup import CacheConfig
 from linkdns.plugins.cache.snapshot import Snapshot
@@ -36,7 +36,6 @@ from linkdns.zones import ZoneSet
 if TYPE_CHECKING:
     from linkdns.plugin import Env
 
-log = logging.getLogger("linkdns.plugin.cache")
 
 #: serve_stale verify: how long the client waits for the upstream before it gets the stale
 #: answer (RFC 8767 §5 suggests a 1.8 s client response timer). Tests lower it.
@@ -95,7 +94,8 @@ class Cache(Handler):
         self._off_denial = ZoneSet(cfg.disable_denial) if cfg.disable_denial else None
         #: keys being fetched -> futures of the callers waiting on that fetch
         self._flights: Flights[bytes, Outcome] = Flights()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        #: refreshes and the stale answer's verify exchange, as tasks (background.py)
+        self.background = Background(env, self.fetch)
         self._last_stamp = -math.inf
         # Counters (read by the prometheus collector at scrape time).
         self.hits = [0, 0]  # success, denial
@@ -228,7 +228,7 @@ class Cache(Handler):
             self.hits[e.cls] += 1
             e.used = True
             if self._pf and self._popular(e, now, ttl):
-                self._refresh(e, _copy(req))
+                self._refresh(e, detached(req))
             w.send(policy.render(e, q, self.ttl_for(e, now)), "cache")
             return wire.NOERROR
         if self._stale > 0 and -ttl < self._stale:
@@ -240,7 +240,7 @@ class Cache(Handler):
 
     async def _serve_stale(self, req: Request, w: Writer, e: Entry) -> int:
         if self.cfg.stale_verify:
-            task = self._spawn(self.fetch(_copy(req), True))
+            task = self.background.spawn(self.fetch(detached(req), True))
             done, _ = await asyncio.wait({task}, timeout=VERIFY_TIMEOUT)
             if task in done and not task.cancelled() and task.exception() is None:
                 res = task.result()
@@ -248,7 +248,7 @@ class Cache(Handler):
                         wire.NOERROR, wire.NXDOMAIN):
                     return self.answer(req, w, res)
         else:
-            self._refresh(e, _copy(req))
+            self._refresh(e, detached(req))
         self.served_stale += 1
         w.send(policy.render(e, req.q, 0), "cache")
         return wire.NOERROR
@@ -368,28 +368,8 @@ class Cache(Handler):
 
     def _refresh(self, e: Entry, req: Request) -> None:
         """Refresh ``e`` in the background (at most one refresh per entry at a time)."""
-        if e.refreshing:
-            return
-        e.refreshing = True
-        self.prefetches += 1  # CoreDNS counts stale refreshes as prefetches too
-        self._spawn(self._refresh_run(e, req))
-
-    async def _refresh_run(self, e: Entry, req: Request) -> None:
-        try:
-            await self.fetch(req, True)
-        except Exception:
-            log.exception("cache refresh of %s %s failed", req.name, req.type_name)
-        finally:
-            e.refreshing = False
-
-    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
-        if self.env is not None:
-            t = self.env.spawn(coro)
-        else:
-            t = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(t)
-        t.add_done_callback(self._tasks.discard)
-        return t
+        if self.background.refresh(e, req):
+            self.prefetches += 1  # CoreDNS counts stale refreshes as prefetches too
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -402,11 +382,7 @@ class Cache(Handler):
             metrics.attach(self.env, self)
 
     async def stop(self) -> None:
-        tasks = list(self._tasks)
-        for t in tasks:
-            t.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        await self.background.stop()
         if self.snapshot is not None:
             self.snapshot.stop()
         if self.env is not None:
@@ -417,9 +393,3 @@ class Cache(Handler):
     def __repr__(self) -> str:
         s, d = self.store.sizes()
         return f"<Cache zones={self.zones} success={s} denial={d}>"
-
-
-
-def _copy(req: Request) -> Request:
-    """A request for a background exchange: same query, same client, fresh meta."""
-    return Request(req.q, req.peer, req.proto, req.server, req.zone)
