@@ -182,9 +182,13 @@ def test_spoof_attempts_are_ignored_and_the_real_answer_accepted(
     res = blast(srv.port, ns, timeout=3)
     assert_nothing_lost(res, srv)
     assert all(r is not None and r.rcode == NOERROR and r.addrs == ["192.0.2.1"] for r in res)
-    again = blast(srv.port, ns, timeout=3)  # from cache now
+    # 20 upstream queries, or a few more where a loaded machine let a 50 ms answer run past
+    # the read timeout and the attempt was retried; none for the second round: from cache
+    asked = up.count()
+    assert asked >= 20
+    again = blast(srv.port, ns, timeout=3)
     assert all(r is not None and r.addrs == ["192.0.2.1"] for r in again)
-    assert up.count() == 20
+    assert up.count() == asked
 
 
 def _right_id_garbage(q: dns.message.Message) -> bytes:
