@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections import deque
+from array import array
 from collections.abc import Callable
 from typing import Final
 
@@ -66,8 +66,23 @@ class ClosedByPeer(UpstreamError):
 #: the window is skipped (a stale or late reply can then never carry a live query's ID; the
 #: window costs 0.1 bit of the 16)
 ID_WINDOW: Final = 4096
-_recent: deque[int] = deque()
-_recent_set: set[int] = set()
+
+
+class _IdWindow:
+    """The last ``ID_WINDOW`` IDs handed out, as a ring and a 64 KiB presence table: 72 KiB
+    in all (a deque and a set of int objects took ~0.3 MiB, counted against the cache's RSS
+    target)."""
+
+    __slots__ = ("filled", "in_window", "next", "ring")
+
+    def __init__(self) -> None:
+        self.ring = array("H", bytes(2 * ID_WINDOW))
+        self.in_window = bytearray(1 << 16)
+        self.filled = 0
+        self.next = 0
+
+
+_window = _IdWindow()
 
 
 def new_id() -> int:
@@ -80,16 +95,20 @@ def new_id() -> int:
 def refill() -> None:
     """Put 256 fresh IDs in ``ids``: random, none among the last ``ID_WINDOW`` handed out
     (``ids`` is empty when this runs, so every ID made before was handed out already)."""
-    recent, seen = _recent, _recent_set
+    w = _window
+    ring, seen = w.ring, w.in_window
     batch: list[int] = []
     while len(batch) < 256:
         for i in memoryview(os.urandom(512)).cast("H"):
-            if i in seen:
+            if seen[i]:
                 continue
-            seen.add(i)
-            recent.append(i)
-            if len(recent) > ID_WINDOW:
-                seen.discard(recent.popleft())
+            if w.filled == ID_WINDOW:
+                seen[ring[w.next]] = 0
+            else:
+                w.filled += 1
+            ring[w.next] = i
+            seen[i] = 1
+            w.next = (w.next + 1) % ID_WINDOW
             batch.append(i)
             if len(batch) == 256:
                 break
