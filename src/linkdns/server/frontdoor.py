@@ -65,12 +65,6 @@ class Router:
         self.suffixes = tuple(z for z in routes if z != b"\x00")
         self.only = self.root if len(routes) == 1 else None
 
-    def route(self, q: wire.Query) -> Route | None:
-        """Longest matching zone for the query's name."""
-        if self.only is not None:
-            return self.only
-        return self.route_name(q.qname_lower)
-
     def route_name(self, name: bytes) -> Route | None:
         """Longest matching zone for a lowercased wire name (None: no zone, REFUSED)."""
         if not name.endswith(self.suffixes):  # one C call: most names are the root's

@@ -3,10 +3,10 @@ blocks bound there.
 
 A Listener owns its sockets (server/sockets.py binds them), its zone map (a
 :class:`~linkdns.server.frontdoor.Router`) and what happens to a query the hit path did not
-answer (server/frontdoor.py): the checks before the chain (:meth:`Listener.scan`), the
-cache once more for a query the hit path could not read in place, then one task running the
-block's chain (:meth:`Listener.slow_path`), within the in-flight cap. The protocols that read the
-sockets are server/udp.py and server/tcp.py.
+answer (server/frontdoor.py): the checks before the chain and the cache once more for a
+query the hit path could not read in place (:meth:`Listener.scanning_path`), then one task
+running the block's chain (:meth:`Listener.slow_path`), within the in-flight cap. The
+protocols that read the sockets are server/udp.py and server/tcp.py.
 """
 
 from __future__ import annotations
@@ -189,11 +189,20 @@ class Listener(Router):
             log.exception("panic while serving %s, and again answering it", data[:64].hex())
             return None
 
-    def scan(
-        self, data: bytes, peer: Any, tcp: bool
-    ) -> tuple[wire.Query | None, Route | None, bytes | None]:
-        """Checks before the chain: (query, route, error reply). Error reply None + query None
-        means drop silently."""
+    def hit_wire(self, data: bytes, tcp: bool, v6: bool, t0: float) -> bytes | bytearray | None:
+        """The hit path for ``data`` (see :func:`frontdoor.hit_wire`)."""
+        return frontdoor.hit_wire(self, data, tcp, v6, t0)
+
+    def scanning_path(self, data: bytes, peer: Any, tcp: bool, v6: bool, t0: float,
+              looked: bool = False) -> tuple[bytes | bytearray | None, wire.Query | None,
+                                             Route | None]:
+        """A query the hit path did not answer: the checks before the chain (scan, route),
+        then the cache once more if the hit path could not read it in place (``looked``: it
+        could, and the key was not there: the usual miss looks it up once). One call layer
+        per miss: scan and route are inline.
+
+        Returns ``(reply, None, None)`` when answered here (an error reply or a cache hit),
+        ``(None, None, None)`` when dropped silently, ``(None, q, r)`` for the slow path."""
         st, q = wire.scan_query(data)
         if st:
             if st < 0:
@@ -202,31 +211,15 @@ class Listener(Router):
                 return None, None, None
             err = wire.error_reply(q, data, st)
             self.dropped(data, q, tcp, len(peer) > 2, err, st)
-            return None, None, err
-        assert q is not None
-        r = self.route(q)
-        if r is None:
-            err = wire.error_reply(q, data, wire.REFUSED)
-            self.dropped(data, q, tcp, len(peer) > 2, err, wire.REFUSED)
-            return None, None, err
-        return q, r, None
-
-    def hit_wire(self, data: bytes, tcp: bool, v6: bool, t0: float) -> bytes | bytearray | None:
-        """The hit path for ``data`` (see :func:`frontdoor.hit_wire`)."""
-        return frontdoor.hit_wire(self, data, tcp, v6, t0)
-
-    def scanning_path(self, data: bytes, peer: Any, tcp: bool, v6: bool, t0: float,
-              looked: bool = False) -> tuple[bytes | bytearray | None, wire.Query | None,
-                                             Route | None]:
-        """A query the hit path did not answer: scan, then the cache once more if the
-        hit path could not read it in place (``looked``: it could, and the key was not
-        there: the usual miss looks it up once).
-
-        Returns ``(reply, None, None)`` when answered here (an error reply or a cache hit),
-        ``(None, None, None)`` when dropped silently, ``(None, q, r)`` for the slow path."""
-        q, r, err = self.scan(data, peer, tcp)
-        if q is None or r is None:
             return err, None, None
+        assert q is not None
+        r = self.only  # Router.route_name, unless the address has one block of the root
+        if r is None:
+            r = self.route_name(q.qname_lower)
+            if r is None:
+                err = wire.error_reply(q, data, wire.REFUSED)
+                self.dropped(data, q, tcp, len(peer) > 2, err, wire.REFUSED)
+                return err, None, None
         if r.cache is not None and not looked:
             reply = frontdoor.hit_scanned(q, r, tcp, v6, t0)
             if reply is not None:

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from bisect import bisect_left
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from linkdns.server.frontdoor import (
@@ -40,10 +41,13 @@ class UDPProtocol(asyncio.DatagramProtocol):
         self.listener = listener
         self.transport: asyncio.DatagramTransport | None = None
         self.out: UDPOut | None = None
+        #: the slow path's writer for a request (made once: no closure per miss)
+        self.writer: partial[UDPWriter] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.out = self.listener.out = UDPOut(transport)  # type: ignore[arg-type]
+        self.writer = partial(UDPWriter, transport=self.out)
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         t0 = _perf()
@@ -121,8 +125,7 @@ class UDPProtocol(asyncio.DatagramProtocol):
             if out is not None:
                 self.transport.sendto(out, addr)  # type: ignore[union-attr]
             elif q is not None and r is not None:
-                snd = self.out
-                ln.slow_path(q, r, addr, lambda req: UDPWriter(req, snd), False, v6)  # type: ignore[arg-type]
+                ln.slow_path(q, r, addr, self.writer, False, v6)
         except Exception:  # a bug on the hit path: SERVFAIL, counted, logged, still serving
             err = ln.panic(data, addr, False)
             if err is not None:
