@@ -164,20 +164,26 @@ class Load:
 class SlowUpstream:
     """A FakeUpstream answering every query (A 192.0.2.1) after ``delay`` seconds, in a
     process of its own (``python drill.py upstream DELAY``), so that the test process's
-    other threads never slow the answers the drill's client is waiting for."""
+    other threads never slow the answers the drill's client is waiting for. ``enter`` runs
+    first in that process (e.g. to enter a network namespace, as for :class:`Load`)."""
 
-    def __init__(self, delay: float) -> None:
+    def __init__(self, delay: float, enter: Callable[[], None] | None = None) -> None:
         self.delay = delay
-        self.addr = ""
+        self.enter = enter
+        self.addr = ""  # HOST:PORT, UDP and TCP
+        self.port = 0
         self.p: subprocess.Popen[str] | None = None
 
     def __enter__(self) -> SlowUpstream:
         self.p = subprocess.Popen([PY, __file__, "upstream", str(self.delay)],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                  preexec_fn=self.enter)
         assert self.p.stdout is not None
         self.addr = self.p.stdout.readline().strip()
         if not self.addr:
+            self.__exit__()
             raise RuntimeError("the upstream process did not start")
+        self.port = int(self.addr.rsplit(":", 1)[1])
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import dns.message
 import dns.query
@@ -230,7 +230,18 @@ def upstream(ns: str) -> Iterator[FakeUpstream]:
         up.stop()
 
 
-def config(tmp_path: Path, up: FakeUpstream, stub: FakeUpstream | None = None,
+class Upstream(Protocol):
+    """What config() needs of an upstream: a FakeUpstream, or drill.SlowUpstream (a process
+    of its own)."""
+
+    @property
+    def addr(self) -> str: ...
+
+    @property
+    def port(self) -> int: ...
+
+
+def config(tmp_path: Path, up: Upstream, stub: FakeUpstream | None = None,
            extra: str = "", lock: Path | None = None) -> list[str]:
     """node-cache's layout: a base Corefile with __PILLAR__ variables and a kube-dns ConfigMap.
     ``extra``: lines for the ``.:53`` block; ``lock``: the node lock file (default in

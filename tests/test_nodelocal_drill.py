@@ -7,11 +7,12 @@ lookups through the local IPs keep working; stopping the last instance removes e
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import dns.rcode
 import pytest
-from drill import Load
+from drill import Load, SlowUpstream
 from fakeupstream import FakeUpstream
 from netns import (
     ENV,
@@ -32,11 +33,22 @@ from netns import (
 pytestmark = needed
 __all__ = ["ns", "upstream"]  # fixtures
 
+UPSTREAM_DELAY = 0.02  # as in test_handover.py: every miss is in flight this long
+
+
+@pytest.fixture
+def drill_up(ns: str) -> Iterator[SlowUpstream]:
+    """The drill's upstream in a process of its own inside ``ns``: not a thread of this
+    process, where the output readers, iptables-save runs and the GIL would delay answers
+    the drill's client waits for (1 s, no retry)."""
+    with SlowUpstream(UPSTREAM_DELAY, enter=lambda: enter(ns)) as up:
+        yield up
+
 
 @pytest.mark.parametrize("proto", ["udp", "tcp"])
 def test_drill_c_hand_over_keeps_the_node_setup_and_loses_nothing(
-        ns: str, upstream: FakeUpstream, tmp_path: Path, proto: str) -> None:
-    args = ["-localip", f"{LOCAL},{KUBE_DNS}", *config(tmp_path, upstream)]
+        ns: str, drill_up: SlowUpstream, tmp_path: Path, proto: str) -> None:
+    args = ["-localip", f"{LOCAL},{KUBE_DNS}", *config(tmp_path, drill_up)]
     want = sorted(expected_rules(LOCAL) + expected_rules(KUBE_DNS))
     both = {f"{LOCAL}/32", f"{KUBE_DNS}/32"}
     old = Daemon(ns, *args, env=ENV)

@@ -231,6 +231,10 @@ class Server(Succession):
         if self._retired is None:
             self._retired = asyncio.get_running_loop().create_task(self._retire())
         await self._retired
+        if self.handed_over:
+            # Drained at the hand-over, idle since: a connection accepted as the listener
+            # closed may have had its first query read after that drain; it is answered, not cut.
+            await self._drain(time.monotonic() + self.drain_timeout)
         for ln in self.listeners.values():
             ln.close()
         if self._exposition is not None:
@@ -261,6 +265,9 @@ class Server(Succession):
         """Queries in flight finish; each TCP connection closes once idle (its answers out,
         nothing read for TCP_DRAIN_IDLE), so a client that connected just before the stop
         still has its query read and answered. Bounded by ``deadline``; then cancel."""
+        # A connection accepted in the loop iteration that closed the listener gets its
+        # connection_made (uvloop: call_soon) first, so it is among the connections drained.
+        await asyncio.sleep(0)
         while True:
             now = time.monotonic()
             conns = [c for ln in self.listeners.values() for c in ln.tcp_conns]
