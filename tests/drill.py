@@ -96,6 +96,9 @@ class Result:
     #: the longest time with queries outstanding and no answer coming back (seconds)
     max_gap: float = 0.0
     max_latency: float = 0.0
+    #: the most the client itself fell behind its sending schedule (seconds): large when the
+    #: load process was starved of CPU (then its timeouts say little about the server)
+    max_lag: float = 0.0
     #: monotonic send times of the queries that failed
     failed_at: list[float] = field(default_factory=list)
 
@@ -107,7 +110,8 @@ class Result:
         return (f"{self.proto}: sent {self.sent}, answered {self.answered}, "
                 f"timed out {self.timeouts}, errors {len(self.errors)} {self.errors[:3]}, "
                 f"longest gap {self.max_gap * 1000:.0f} ms, "
-                f"slowest answer {self.max_latency * 1000:.0f} ms")
+                f"slowest answer {self.max_latency * 1000:.0f} ms, "
+                f"client behind by up to {self.max_lag * 1000:.0f} ms")
 
 
 def default_name(i: int) -> str:
@@ -249,6 +253,7 @@ class _Client:
         i = 0
         while not stop.is_set() and time.monotonic() - t0 < self.limit:
             due = int((time.monotonic() - t0) * self.rate)
+            self.result.max_lag = max(self.result.max_lag, (due - i - 1) / self.rate)
             while i < due:
                 t = asyncio.ensure_future(self._one(i))
                 tasks.add(t)

@@ -57,16 +57,23 @@ def test_drill_c_hand_over_keeps_the_node_setup_and_loses_nothing(
         old.wait_for("[INFO] linkdns-")
         with Load(53, proto, rate=500, host=LOCAL, enter=lambda: enter(ns)) as load:
             time.sleep(1.0)
+            launched = time.monotonic()
             new = Daemon(ns, *args, env=ENV)  # the same command line
             new.wait_for("hand-over: serving")
+            serving = time.monotonic()
             new.wait_for("[INFO] linkdns-")
             old.wait_for("stopped reading")
             time.sleep(0.3)
+            killed = time.monotonic()
             assert old.stop() == 0, old.out
             during = (our_rules(ns), addresses(ns))
             time.sleep(1.5)
         result = load.result
         print(f"\nnode-local {proto} SIGTERM after hand-over: {result}")
+        if result.failed_at:  # when, from the successor's launch (the log is read late)
+            print(f"  successor serving at +{serving - launched:.2f}s, signal at "
+                  f"+{killed - launched:.2f}s, failures sent at "
+                  f"{sorted(round(t - launched, 2) for t in result.failed_at)[:20]}")
         assert result.sent >= 1000, result  # ~2.8 s at 500/s (a loaded machine sends less)
         assert result.failed == 0, f"{result}\nold:\n{old.out}\nnew:\n{new.out}"
         assert "Leaving interface and rules in place: another instance is serving" in old.out
