@@ -64,6 +64,7 @@ class TCPProtocol(asyncio.Protocol):
         self.frame: asyncio.TimerHandle | None = None  # the begun frame's deadline
         self.pending = 0
         self.last = time.monotonic()  # last byte received or reply sent
+        self.heard = False  # any byte received yet (see idle_for)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -107,6 +108,11 @@ class TCPProtocol(asyncio.Protocol):
         already sent for an idle connection)."""
         if self.pending or self.buf or self.unread():
             return 0.0
+        if not self.heard:
+            # Accepted, its first query not sent yet (a client slow to be scheduled): it gets
+            # the read timeout a begun frame gets before a drain takes it for idle, or a stop
+            # would close it after 0 bytes and the client's query would be lost.
+            return 0.0 if now - self.last < TCP_READ_TIMEOUT else now - self.last
         return now - self.last
 
     def unread(self) -> int:
@@ -142,6 +148,7 @@ class TCPProtocol(asyncio.Protocol):
             self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
+        self.heard = True
         self.buf += data
         self.last = time.monotonic()
         frames = wire.split_frames(self.buf)
