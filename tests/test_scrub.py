@@ -287,3 +287,16 @@ def test_mutated_replies_never_raise_and_rebuilds_read_back() -> None:
             replies.walk(out)  # raises WireError if the rebuild broke the message
             rebuilt += 1
     assert rebuilt > 100
+
+
+def test_a_question_name_over_255_bytes_does_not_read() -> None:
+    """The reply's question goes through the bounded reference walker (wire.skip_name): a
+    name of 256 bytes is not a DNS name, so the reply is unreadable (None), not scrubbed."""
+    long_name = b"".join(b"\x3f" + b"a" * 63 for _ in range(4)) + b"\x00"  # 257 bytes
+    ok_name = b"".join(b"\x3f" + b"a" * 63 for _ in range(3)) + b"\x3d" + b"a" * 61 + b"\x00"
+    assert len(long_name) == 257 and len(ok_name) == 255
+    header = bytes.fromhex("abcd81800001000000000000")
+    for name, readable in ((ok_name, True), (long_name, False)):
+        data = header + name + b"\x00\x01\x00\x01"
+        out = scrub(data, name, 1)
+        assert (out is not None) == readable, (len(name), out)

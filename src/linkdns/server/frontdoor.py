@@ -196,14 +196,19 @@ def hit_wire(router: Router, data: bytes, tcp: bool, v6: bool,
         name + data[z + 1 : qe] + KEY_FLAG[flag], data, qe, opt, 65535 if tcp else size)
     if reply is None:
         return None
-    if r.rewrites:  # (loadbalance shuffles the records in place)
-        mutable = bytearray(reply)
-        for h in r.rewrites:
-            h.hit_rewrite(mutable)
-        reply = mutable
+    if r.rewrites:
+        reply = rewritten(r, reply)
     r.stats.count_hit((data[z + 1], data[z + 2], tcp, v6, flag, n, len(reply), reply[3]),
                       _perf() - t0)
     return reply
+
+def rewritten(r: Route, reply: bytes | bytearray) -> bytearray:
+    """``reply`` as the block's hit rewrites leave it (loadbalance shuffles records in place)."""
+    mutable = bytearray(reply)
+    for h in r.rewrites:
+        h.hit_rewrite(mutable)
+    return mutable
+
 
 def hit_scanned(q: wire.Query, r: Route, tcp: bool, v6: bool,
                 t0: float) -> bytes | bytearray | None:
@@ -222,11 +227,8 @@ def hit_scanned(q: wire.Query, r: Route, tcp: bool, v6: bool,
                                                      65535 if tcp else size)
     if reply is None:
         return None
-    if r.rewrites:  # (loadbalance shuffles the records in place)
-        mutable = bytearray(reply)
-        for h in r.rewrites:
-            h.hit_rewrite(mutable)
-        reply = mutable
+    if r.rewrites:
+        reply = rewritten(r, reply)
     r.stats.count_hit((q.qtype >> 8, q.qtype & 0xFF, tcp, v6, int(q.do), len(q.data),
                        len(reply), reply[3]), _perf() - t0)
     return reply

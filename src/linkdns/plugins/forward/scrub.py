@@ -27,6 +27,7 @@ from __future__ import annotations
 from typing import Final
 
 from linkdns import wire
+from linkdns.errors import WireError
 
 T_DNAME: Final = 39
 T_DS: Final = 43
@@ -120,22 +121,11 @@ def scrub(data: bytes, lname: bytes, qtype: int, zone: bytes = b"\x00") -> bytes
     ns = (data[8] << 8) | data[9]
     ar = (data[10] << 8) | data[11]
     off = wire.HEADER_LEN
-    # The question: its name must be plain labels (it is compared with ours by the caller).
-    while True:
-        if off >= n:
-            return None
-        ln = data[off]
-        if ln == 0:
-            off += 1
-            break
-        if ln & 0xC0:
-            r = read_name(data, off, {})
-            if r is None:
-                return None
-            off = r[1]
-            break
-        off += ln + 1
-    off += 4
+    # The question (compared with ours by the caller): the reference walker bounds it.
+    try:
+        off = wire.skip_name(data, off) + 4
+    except WireError:
+        return None
     if off > n:
         return None
     names: Names = {wire.HEADER_LEN: lname}  # owners point to the question's name
