@@ -31,11 +31,14 @@ PY = sys.executable
 class Daemon:
     """``python -m linkdns ARGS``, its output collected line by line."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, env: dict[str, str] | None = None,
+                 preexec_fn: Callable[[], object] | None = None) -> None:
         self.lines: list[str] = []
         self.cond = threading.Condition()
         self.p = subprocess.Popen([PY, "-m", "linkdns", *args], stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True)
+                                  stderr=subprocess.STDOUT, text=True,
+                                  env={**os.environ, **env} if env else None,
+                                  preexec_fn=preexec_fn)
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
 

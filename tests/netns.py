@@ -12,7 +12,6 @@ import ctypes
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -24,6 +23,7 @@ from typing import Protocol, TypeVar
 import dns.message
 import dns.query
 import dns.rcode
+import drill
 import pytest
 from fakeupstream import FakeUpstream
 
@@ -172,52 +172,11 @@ def ns() -> Iterator[str]:
                                       text=True).stdout
 
 
-class Daemon:
+class Daemon(drill.Daemon):
     """``python -m linkdns ARGS`` inside ``ns``, its output collected line by line."""
 
     def __init__(self, ns: str, *args: str, env: dict[str, str] | None = None) -> None:
-        self.lines: list[str] = []
-        self.cond = threading.Condition()
-        self.p = subprocess.Popen([PY, "-m", "linkdns", *args], stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True,
-                                  env={**os.environ, **(env or {})},
-                                  preexec_fn=lambda: enter(ns))
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        assert self.p.stdout is not None
-        for line in self.p.stdout:
-            with self.cond:
-                self.lines.append(line.rstrip("\n"))
-                self.cond.notify_all()
-
-    @property
-    def out(self) -> str:
-        with self.cond:
-            return "\n".join(self.lines)
-
-    def wait_for(self, text: str, timeout: float = 15.0) -> None:
-        with self.cond:
-            ok = self.cond.wait_for(lambda: any(text in x for x in self.lines) or
-                                    self.p.poll() is not None, timeout)
-            found = any(text in x for x in self.lines)
-        assert ok and found, f"no {text!r} in output:\n{self.out}"
-
-    def stop(self, sig: int | None = signal.SIGTERM) -> int:
-        """Send ``sig`` (None: send nothing) and wait for the exit status."""
-        if sig is not None and self.p.poll() is None:
-            self.p.send_signal(sig)
-        try:
-            rc = self.p.wait(timeout=15)
-        finally:
-            if self.p.poll() is None:
-                self.p.kill()
-                self.p.wait()
-        self.reader.join(5)
-        assert self.p.stdout is not None
-        self.p.stdout.close()
-        return rc
+        super().__init__(*args, env=env, preexec_fn=lambda: enter(ns))
 
 
 @pytest.fixture
